@@ -1,0 +1,51 @@
+"""Every error becomes the JSON envelope here, and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import EaselError, InvalidRequest
+from shared.models import Envelope
+
+log = logging.getLogger(__name__)
+
+
+def json_response(envelope: Envelope, status: int, headers: dict[str, str] | None = None) -> Response:
+    """Serialize an envelope."""
+    body = envelope.model_dump_json()
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """Turn pydantic's errors into a 400 that names each field and its rule."""
+    errors: list[dict[str, Any]] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in err["loc"]) or "body"
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        errors.append({"field": field, "rule": err["type"], "message": message})
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return InvalidRequest(summary, {"errors": errors})
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers that map errors to responses."""
+
+    @app.errorhandler(EaselError)
+    def _easel(exc: EaselError) -> Response:
+        return json_response(Envelope.for_error(exc.message, exc.data), exc.status_code)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return json_response(Envelope.for_error(exc.description or exc.name), status, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return json_response(Envelope.for_error("internal error; the request was not processed"), 500)

@@ -1,0 +1,76 @@
+"""Admitting a job: validate against the registry, record it, queue it on its GPU class."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from contextlib import suppress
+
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from api.services import Services
+from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker
+from shared.models import GenerationParams, ImageToImageRequest, JobRecord
+from shared.queues import GENERATE_TASK
+
+# Magic numbers of the formats a worker will decode; the worker checks again, fully.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def decode_data_uri(uri: str) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URI, if they look like an image."""
+    payload = uri.partition(",")[2]
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad_image("the data URI is not valid base64") from None
+    is_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    if not (is_webp or data.startswith(_SIGNATURES)):
+        raise _bad_image("the data URI does not hold a PNG, JPEG, WebP, GIF or BMP image")
+    return data
+
+
+def _bad_image(reason: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"image: {reason}", {"errors": [{"field": "image", "rule": "image", "message": reason}]}
+    )
+
+
+def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobRecord:
+    """Record a job and publish it to its GPU class's queue; raise if nobody can run it."""
+    services.registry.check_runnable(request.app_id, request.inference_type)
+    image = decode_data_uri(request.image) if request.is_data_uri else None
+    queue = services.settings.queue_for(request.inference_type)
+    if not services.liveness.live(queue):
+        raise NoLiveWorker(
+            f"inference_type: no live worker consumes the {request.inference_type} queue "
+            f"({queue!r}); start one with `easel worker --gpu {request.inference_type}`"
+        )
+    params = GenerationParams.from_request(request)
+    record = JobRecord(
+        task_id=str(uuid.uuid4()),
+        owner=owner,
+        app_id=request.app_id,
+        inference_type=request.inference_type,
+        queue=queue,
+        params=params,
+        input=request.echo(),
+        ref_id=request.ref_id,
+        created_at=time.time(),
+    )
+    services.jobs.create(record, image)
+    try:
+        services.celery.send_task(
+            GENERATE_TASK,
+            args=[record.task_id, params.model_dump(mode="json")],
+            queue=queue,
+            task_id=record.task_id,
+        )
+    except (OperationalError, RedisError) as exc:
+        with suppress(RedisError):  # unreachable too: the record simply expires
+            services.jobs.discard(record.task_id)
+        raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc
+    return record

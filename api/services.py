@@ -1,0 +1,45 @@
+"""What the API talks to, built once per process and kept on the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app
+
+from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.queues import celery_config
+from shared.registry import Registry, load_registry
+from shared.settings import Settings
+from shared.storage import Storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry
+    jobs: JobStore
+    liveness: WorkerLiveness
+    storage: Storage
+    celery: Celery
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Connect the app to Redis, S3 and the Celery broker (lazily; nothing dials yet)."""
+    client = connect_redis(settings)
+    producer = Celery("easel-api", set_as_current=False)
+    producer.config_from_object(celery_config(settings))
+    app.extensions["easel"] = Services(
+        settings=settings,
+        registry=load_registry(settings.model_registry),
+        jobs=JobStore(client, settings.job_ttl_s),
+        liveness=WorkerLiveness(client, settings.worker_stale_after_s),
+        storage=Storage(settings),
+        celery=producer,
+    )
+
+
+def get_services() -> Services:
+    """The services of the app handling this request."""
+    services: Services = current_app.extensions["easel"]
+    return services

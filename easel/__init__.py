@@ -1,0 +1,1 @@
+"""The ``easel`` command line and the embedded local stack behind ``make dev``."""

@@ -1,0 +1,91 @@
+"""``easel``: run the API, a worker, the whole local stack, or submit a job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import uuid
+
+from shared.models import InferenceType
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``easel`` command."""
+    parser = argparse.ArgumentParser(prog="easel", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    api = commands.add_parser("api", help="serve the HTTP API under gunicorn")
+    api.add_argument("--bind", default="127.0.0.1:8000")
+    api.add_argument("--workers", type=int, default=2)
+    api.add_argument("--threads", type=int, default=8)
+
+    worker = commands.add_parser("worker", help="run a Celery worker for one GPU class")
+    worker.add_argument("--gpu", required=True, choices=[t.value for t in InferenceType])
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--loglevel", default="info")
+
+    commands.add_parser("dev", help="run Redis, S3, three CPU workers and the API locally")
+
+    submit = commands.add_parser("submit", help="submit an image-to-image job")
+    submit.add_argument("image", help="an http(s) URL or a local image file")
+    submit.add_argument("--prompt", default="a beautiful painting")
+    submit.add_argument("--app-id", default="tiny-sd")
+    submit.add_argument("--inference-type", default="a10g")
+    submit.add_argument("--batch", type=int, default=1)
+    submit.add_argument("--strength", type=float, default=0.7)
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--wait", action="store_true", help="wait and print the image URLs")
+    submit.add_argument("--base-url", default=os.environ.get("EASEL_API_URL", "http://127.0.0.1:8000"))
+    submit.add_argument("--api-key", default=os.environ.get("EASEL_API_KEY"))
+
+    args = parser.parse_args(argv)
+    if args.command == "api":
+        run_api(args.bind, args.workers, args.threads)
+    elif args.command == "worker":
+        run_worker(InferenceType(args.gpu), args.concurrency, args.loglevel)
+    elif args.command == "dev":
+        from easel.dev import run_dev
+
+        run_dev()
+    else:
+        from easel.submit import run_submit
+
+        sys.exit(run_submit(args))
+
+
+def run_api(bind: str, workers: int, threads: int) -> None:
+    """Replace this process with gunicorn serving ``api.create_app()``."""
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", bind,
+        "--workers", str(workers),
+        "--worker-class", "gthread",
+        "--threads", str(threads),  # sync requests wait on Redis, not on the CPU
+        "--timeout", "120",
+        "--access-logfile", "-",
+        "api:create_app()",
+    ]
+    os.execv(sys.executable, argv)
+
+
+def run_worker(gpu: InferenceType, concurrency: int, loglevel: str) -> None:
+    """Consume only this GPU class's queue, one job at a time per process."""
+    from shared.settings import Settings
+    from worker.celery_app import create_celery
+
+    settings = Settings(worker_gpu=gpu)
+    app = create_celery(settings)
+    nodename = f"{gpu.value}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    app.worker_main([
+        "worker",
+        "--queues", settings.queue_for(gpu),
+        "--hostname", nodename,
+        "--concurrency", str(concurrency),
+        "--pool", "prefork",
+        "--prefetch-multiplier", "1",
+        "--loglevel", loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ])

@@ -1,0 +1,87 @@
+"""Easel's error hierarchy, rooted here so both sides share it.
+
+    EaselError
+    ├── InvalidRequest        400  a field broke a rule (names the field)
+    ├── Unauthorized          401  missing or unknown API key
+    ├── NotFound              404
+    │   ├── UnknownTask
+    │   └── UnknownApp
+    ├── PayloadTooLarge       413
+    ├── Unavailable           503
+    │   ├── BackendUnavailable    Redis or S3 cannot be reached
+    │   └── NoLiveWorker          nobody consumes the requested queue
+    └── JobError                  a job failed in the worker; ends it FAILED
+        ├── ImageFetchError
+        ├── ImageDecodeError
+        └── ModelError
+
+The API maps ``status_code`` to the response in one handler; the worker turns a
+``JobError`` (or any exception) into a FAILED job whose error is ``str(exc)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EaselError(Exception):
+    """Root of every error Easel raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class InvalidRequest(EaselError):
+    status_code = 400
+
+
+class Unauthorized(EaselError):
+    status_code = 401
+
+
+class NotFound(EaselError):
+    status_code = 404
+
+
+class UnknownTask(NotFound):
+    pass
+
+
+class UnknownApp(NotFound):
+    pass
+
+
+class PayloadTooLarge(EaselError):
+    status_code = 413
+
+
+class Unavailable(EaselError):
+    status_code = 503
+
+
+class BackendUnavailable(Unavailable):
+    pass
+
+
+class NoLiveWorker(Unavailable):
+    pass
+
+
+class JobError(EaselError):
+    """A failure inside a job; the job ends FAILED with this one-line message."""
+
+
+class ImageFetchError(JobError):
+    pass
+
+
+class ImageDecodeError(JobError):
+    pass
+
+
+class ModelError(JobError):
+    pass

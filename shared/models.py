@@ -1,0 +1,214 @@
+"""Request, job and response models: the HTTP contract and the job record.
+
+Field rules follow Qolaba's ``POST /getImageToImage`` page; where its prose and its
+Minimum/Maximum disagree, Minimum/Maximum win.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DATA_URI_RE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII)
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**32 - 1
+
+
+class InferenceType(StrEnum):
+    """The GPU class a job asks for; each has its own Celery queue."""
+
+    A10G = "a10g"
+    A100 = "a100"
+    H100 = "h100"
+
+
+class JobStatus(StrEnum):
+    """Qolaba's coarse status."""
+
+    PENDING = "PENDING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether a job in this status will never change again."""
+        return self is not JobStatus.PENDING
+
+
+class JobState(StrEnum):
+    """The finer state a job moves through; ``status`` is derived from it."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def status(self) -> JobStatus:
+        """The Qolaba status this state reports as."""
+        if self is JobState.SUCCEEDED:
+            return JobStatus.SUCCESS
+        if self is JobState.FAILED:
+            return JobStatus.FAILED
+        return JobStatus.PENDING
+
+
+class ImageToImageRequest(BaseModel):
+    """The body of ``POST /getImageToImage``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str = Field(min_length=1, max_length=128, strict=True)
+    image: str = Field(min_length=1, strict=True)
+    prompt: str = Field(default="a beautiful painting", max_length=MAX_PROMPT_CHARS, strict=True)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, strict=True)
+    guidance_scale: float = Field(default=7.5, ge=2, le=25, strict=True)
+    batch: int = Field(default=1, ge=1, le=4, strict=True)
+    strength: float = Field(default=0.7, gt=0, le=1, strict=True)
+    height: int = Field(default=1024, ge=512, le=1536, multiple_of=64, strict=True)
+    width: int = Field(default=1024, ge=512, le=1536, multiple_of=64, strict=True)
+    celery: bool = Field(default=False, strict=True)
+    inference_type: InferenceType = InferenceType.A10G
+    ref_id: str | None = Field(default=None, max_length=256, strict=True)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_url_or_data_uri(cls, value: str) -> str:
+        if value.startswith(("http://", "https://")) or DATA_URI_RE.match(value):
+            return value
+        raise ValueError("must be an http(s):// URL or a data:image/...;base64, URI")
+
+    @property
+    def is_data_uri(self) -> bool:
+        """Whether the image travels inline rather than by URL."""
+        return self.image.startswith("data:")
+
+    def echo(self) -> dict[str, Any]:
+        """The normalized parameters, defaults included, as the envelope's ``input``."""
+        data = self.model_dump(mode="json")
+        if self.is_data_uri:
+            head, _, payload = self.image.partition(",")
+            data["image"] = f"{head},<{len(payload)} base64 chars>"
+        return data
+
+
+class GenerationParams(BaseModel):
+    """What a worker needs to run one job; carried in the Celery message and the record."""
+
+    app_id: str
+    prompt: str
+    negative_prompt: str | None = None
+    guidance_scale: float
+    batch: int
+    strength: float
+    height: int
+    width: int
+    seed: int | None = None
+    image_url: str | None = None  # None: the image bytes sit in Redis beside the job
+
+    @classmethod
+    def from_request(cls, request: ImageToImageRequest) -> GenerationParams:
+        """Take the generation fields of a validated request."""
+        fields = request.model_dump(include=set(cls.model_fields) - {"image_url"})
+        return cls(**fields, image_url=None if request.is_data_uri else request.image)
+
+
+class TimeRequired(BaseModel):
+    """Seconds spent in each phase of a job."""
+
+    queue: float | None = None
+    load: float | None = None
+    inference: float | None = None
+    upload: float | None = None
+    total: float | None = None
+
+
+class Output(BaseModel):
+    """A finished job's images."""
+
+    images: list[str]
+    seeds: list[int]
+    width: int
+    height: int
+
+
+class JobRecord(BaseModel):
+    """The API's own record of a job, kept in Redis; Celery's result backend is not used."""
+
+    task_id: str
+    owner: str
+    state: JobState = JobState.QUEUED
+    app_id: str
+    inference_type: InferenceType
+    queue: str
+    params: GenerationParams
+    input: dict[str, Any]
+    ref_id: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    image_keys: list[str] = Field(default_factory=list)
+    output: Output | None = None
+    error: str | None = None
+    error_data: Any = None
+    time_required: TimeRequired = Field(default_factory=TimeRequired)
+    worker: str | None = None
+    worker_gpu: InferenceType | None = None
+    attempts: int = 0
+
+    @property
+    def status(self) -> JobStatus:
+        """Qolaba's status for this record."""
+        return self.state.status
+
+
+class Envelope(BaseModel):
+    """The one JSON shape every answer takes."""
+
+    task_id: str | None = None
+    status: JobStatus | None = None
+    state: JobState | None = None
+    input: dict[str, Any] | None = None
+    output: Output | None = None
+    error: str | None = None
+    error_data: Any = None
+    time_required: TimeRequired | None = None
+    ref_id: str | None = None
+
+    @classmethod
+    def for_job(cls, record: JobRecord, image_urls: list[str] | None = None) -> Envelope:
+        """Describe a job, with freshly signed image URLs when given."""
+        output = record.output
+        if output is not None and image_urls is not None:
+            output = output.model_copy(update={"images": image_urls})
+        return cls(
+            task_id=record.task_id,
+            status=record.status,
+            state=record.state,
+            input=record.input,
+            output=output,
+            error=record.error,
+            error_data=record.error_data,
+            time_required=record.time_required,
+            ref_id=record.ref_id,
+        )
+
+    @classmethod
+    def for_error(cls, message: str, data: Any = None, task_id: str | None = None) -> Envelope:
+        """Describe a request that failed before or without a job."""
+        return cls(task_id=task_id, status=JobStatus.FAILED, error=message, error_data=data)
+
+
+class AppInfo(BaseModel):
+    """One entry of ``GET /list_of_Apps``."""
+
+    app_id: str
+    family: str
+    default_steps: int
+    inference_types: list[InferenceType]
+    description: str = ""

@@ -1,0 +1,79 @@
+"""The model registry: which app_ids exist, what they are, and who may run them."""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from shared.errors import InvalidRequest, UnknownApp
+from shared.models import AppInfo, InferenceType
+
+
+class ModelFamily(StrEnum):
+    SD = "sd"
+    SDXL = "sdxl"
+
+
+class ModelSpec(BaseModel):
+    """One registry entry."""
+
+    app_id: str
+    family: ModelFamily
+    source: str
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    default_steps: int = Field(default=30, ge=1, le=200)
+    inference_types: list[InferenceType]
+    description: str = ""
+
+    def info(self) -> AppInfo:
+        """The public view of this entry."""
+        return AppInfo(
+            app_id=self.app_id,
+            family=self.family.value,
+            default_steps=self.default_steps,
+            inference_types=self.inference_types,
+            description=self.description,
+        )
+
+
+class Registry:
+    """All models, by app_id."""
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self.specs = {spec.app_id: spec for spec in specs}
+
+    def get(self, app_id: str) -> ModelSpec:
+        """The spec of one app_id, or UnknownApp."""
+        try:
+            return self.specs[app_id]
+        except KeyError:
+            raise UnknownApp(f"app_id: unknown model {app_id!r}; see GET /list_of_Apps") from None
+
+    def check_runnable(self, app_id: str, inference_type: InferenceType) -> ModelSpec:
+        """The spec, if this GPU class may run it."""
+        spec = self.get(app_id)
+        if inference_type not in spec.inference_types:
+            allowed = ", ".join(spec.inference_types)
+            raise InvalidRequest(
+                f"inference_type: {app_id!r} runs only on {allowed}",
+                {"errors": [{"field": "inference_type", "rule": "allowed_for_app"}]},
+            )
+        return spec
+
+
+_SPECS = TypeAdapter(list[ModelSpec])
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Read a registry TOML file; the built-in one when no path is given."""
+    if path is None:
+        text = resources.files("shared").joinpath("registry.toml").read_text()
+    else:
+        text = path.read_text()
+    tables = tomllib.loads(text)
+    return Registry(_SPECS.validate_python([{"app_id": k, **v} for k, v in tables.items()]))

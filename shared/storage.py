@@ -1,0 +1,77 @@
+"""The S3 client both sides use: workers upload outputs, the API signs URLs and checks health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.client import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.errors import BackendUnavailable
+from shared.settings import Settings
+
+
+class Storage:
+    """One bucket on any S3-compatible server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.prefix = settings.s3_prefix.strip("/")
+        self.expiry_s = settings.presign_expiry_s
+        self.client = self._client(settings, settings.s3_endpoint_url)
+        # Clients may reach S3 by another address than the servers do (Docker, Kubernetes).
+        public = settings.s3_public_endpoint_url
+        self.signer = self._client(settings, public) if public else self.client
+
+    @staticmethod
+    def _client(settings: Settings, endpoint_url: str | None) -> Any:
+        secret = settings.s3_secret_access_key
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=2,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+
+    def output_key(self, task_id: str, index: int, extension: str = "png") -> str:
+        """Where image ``index`` of a task lives; a rerun overwrites, never duplicates."""
+        return f"{self.prefix}/{task_id}/{index}.{extension}"
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        """Upload one object."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        """Download one object."""
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+    def presign(self, key: str) -> str:
+        """A GET URL for one object, valid for the configured expiry."""
+        url: str = self.signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expiry_s
+        )
+        return url
+
+    def check(self) -> None:
+        """Raise BackendUnavailable unless the bucket answers."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise BackendUnavailable(f"S3 bucket {self.bucket!r} is unreachable") from exc

@@ -1,0 +1,113 @@
+"""The worker's Celery app: configuration, the one task, and process lifecycle hooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery, signals
+from redis.exceptions import RedisError
+
+from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.models import GenerationParams
+from shared.queues import GENERATE_TASK, celery_config
+from shared.registry import load_registry
+from shared.settings import Settings
+from shared.storage import Storage
+from worker.pipelines import PipelineCache
+from worker.runner import WorkerContext, run_job
+
+log = logging.getLogger(__name__)
+
+
+class WorkerProcess:
+    """Per-process state: built in each pool child after the fork, never before."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.nodename = "worker"
+        self._ctx: WorkerContext | None = None
+        self._stop = threading.Event()
+
+    @property
+    def ctx(self) -> WorkerContext:
+        """The context of this process, built on first use."""
+        if self._ctx is None:
+            settings = self.settings
+            client = connect_redis(settings)
+            storage = Storage(settings)
+            self._ctx = WorkerContext(
+                settings=settings,
+                registry=load_registry(settings.model_registry),
+                jobs=JobStore(client, settings.job_ttl_s),
+                storage=storage,
+                pipelines=PipelineCache(settings),
+                name=f"{self.nodename}/{os.getpid()}",
+            )
+        return self._ctx
+
+    def start(self) -> None:
+        """Warm the configured models, then announce this process as live, in the background."""
+        threading.Thread(target=self._warm_then_beat, name="easel-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop beating and leave the live set."""
+        self._stop.set()
+        liveness = WorkerLiveness(self.ctx.jobs.redis, self.settings.worker_stale_after_s)
+        try:
+            liveness.leave(self.queue, self.ctx.name)
+        except RedisError:
+            log.warning("could not leave the live set; the entry expires by itself")
+
+    @property
+    def queue(self) -> str:
+        return self.settings.queue_for(self.settings.worker_gpu)
+
+    def _warm_then_beat(self) -> None:
+        ctx = self.ctx
+        import torch
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        ctx.storage.ensure_bucket()
+        for app_id in self.settings.warm_models:
+            ctx.pipelines.get(ctx.registry.get(app_id))
+            log.info("model %s is warm", app_id)
+        liveness = WorkerLiveness(ctx.jobs.redis, self.settings.worker_stale_after_s)
+        while True:
+            try:
+                liveness.beat(self.queue, ctx.name)
+            except RedisError:
+                log.warning("heartbeat failed; retrying")
+            if self._stop.wait(self.settings.worker_heartbeat_s):
+                return
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    """Build the worker's Celery app for one GPU class."""
+    settings = settings or Settings()
+    app = Celery("easel-worker", set_as_current=True)
+    app.config_from_object(celery_config(settings))
+    process = WorkerProcess(settings)
+    app.easel = process  # type: ignore[attr-defined]
+
+    @app.task(name=GENERATE_TASK)
+    def generate(task_id: str, params: dict[str, Any]) -> None:
+        """Run one image-to-image job; the record in Redis carries its result."""
+        run_job(process.ctx, task_id, GenerationParams.model_validate(params))
+
+    @signals.worker_init.connect(weak=False)
+    def _remember_nodename(sender: Any = None, **_: Any) -> None:
+        process.nodename = getattr(sender, "hostname", None) or process.nodename
+
+    @signals.worker_process_init.connect(weak=False)
+    def _child_started(**_: Any) -> None:
+        process.start()
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_stopping(**_: Any) -> None:
+        process.stop()
+
+    return app

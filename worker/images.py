@@ -1,0 +1,98 @@
+"""Getting the input image into shape: fetch, decode, orient, fit; and encoding outputs."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared.errors import ImageDecodeError, ImageFetchError
+
+MAX_SIDE = 1536
+SIZE_MULTIPLE = 64  # what every SD/SDXL UNet divides cleanly
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+MAX_PIXELS = 64_000_000
+
+
+def fetch_image(url: str, max_bytes: int, timeout_s: float) -> bytes:
+    """Download an image over http(s), refusing bodies larger than ``max_bytes``."""
+    if not url.startswith(("http://", "https://")):
+        raise ImageFetchError("image: only http(s) URLs can be fetched")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=3) as client:
+            with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise ImageFetchError(f"image: the URL answered HTTP {response.status_code}")
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ImageFetchError(f"image: the download exceeds {max_bytes} bytes")
+                    chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise ImageFetchError(f"image: could not fetch the URL ({type(exc).__name__})") from exc
+    return b"".join(chunks)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode an allowed format fully, apply EXIF orientation and convert to RGB."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageDecodeError(f"image: {image.width}x{image.height} has too many pixels")
+            if image.format == "JPEG":
+                image.draft("RGB", _fitted(image.width, image.height))  # decode at a reduced scale
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageDecodeError("image: not a decodable JPEG, PNG, WebP, GIF or BMP") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"image: the file is damaged or truncated ({exc})") from None
+    return image.convert("RGB")
+
+
+def _fitted(width: int, height: int) -> tuple[int, int]:
+    """The size within MAX_SIDE x MAX_SIDE that keeps the aspect ratio; never larger."""
+    scale = min(1.0, MAX_SIDE / width, MAX_SIDE / height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def fit_for_sd(image: Image.Image, original: tuple[int, int]) -> Image.Image:
+    """Fit within 1536x1536 without upscaling, then centre-crop to multiples of 64."""
+    width, height = _fitted(*original)
+    if width < SIZE_MULTIPLE or height < SIZE_MULTIPLE:
+        raise ImageDecodeError(
+            f"image: {original[0]}x{original[1]} is too small; each side needs {SIZE_MULTIPLE} px"
+        )
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    crop_w, crop_h = width - width % SIZE_MULTIPLE, height - height % SIZE_MULTIPLE
+    if (crop_w, crop_h) != (width, height):
+        left, top = (width - crop_w) // 2, (height - crop_h) // 2
+        image = image.crop((left, top, left + crop_w, top + crop_h))
+    return image
+
+
+def fit_exact(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale and centre-crop to exactly ``width`` x ``height`` (SDXL's requested size)."""
+    return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+
+
+def prepare_image(data: bytes, family: str, width: int, height: int) -> Image.Image:
+    """Decode and size an input image for a model family."""
+    image = decode_image(data)
+    if family == "sdxl":
+        return fit_exact(image, width, height)
+    return fit_for_sd(image, image.size)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of one output image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
