@@ -87,7 +87,8 @@ def run_dev() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        print("\nstopping…")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
+        print("\nstopping…", flush=True)
         for child in reversed(children):
             child.send_signal(signal.SIGTERM)
         for child in reversed(children):

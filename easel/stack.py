@@ -114,7 +114,7 @@ def start_s3(
     args = [
         weed_binary(), "mini",
         f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+        "-master.telemetry=false", "-webdav=false",
         *(f"-{name}={value}" for name, value in ports.items()),
     ]
     env = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key, "PATH": "/usr/bin:/bin"}

@@ -88,7 +88,11 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
     """Load one model through diffusers' AutoPipelineForImage2Image."""
     import torch
     from diffusers import AutoPipelineForImage2Image
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     device = pick_device(settings.device)
     dtype = getattr(torch, spec.dtype) if device.startswith("cuda") else torch.float32
     source, local = resolve_source(spec, settings)

@@ -1,0 +1,88 @@
+"""Real servers for the whole session: a Redis-protocol server and SeaweedFS S3, on free ports."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+from easel.stack import Server, start_redis, start_s3, wait_until
+from shared.settings import Settings
+from shared.storage import Storage
+
+API_KEY = "test-key-" + secrets.token_hex(8)
+S3_ACCESS_KEY = "easel-test"
+S3_SECRET_KEY = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("easel-state")
+
+
+@pytest.fixture(scope="session")
+def redis_server(state_dir: Path) -> Iterator[Server]:
+    server = start_redis(state_dir / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(state_dir: Path) -> Iterator[Server]:
+    server = start_s3(state_dir / "s3", S3_ACCESS_KEY, S3_SECRET_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: Server, s3_server: Server, state_dir: Path) -> dict[str, str]:
+    """The EASEL_* variables that point every process at the session's servers."""
+    env = {
+        "EASEL_REDIS_URL": redis_server.url,
+        "EASEL_S3_ENDPOINT_URL": s3_server.url,
+        "EASEL_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "EASEL_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "EASEL_S3_BUCKET": "easel-test",
+        "EASEL_BOOTSTRAP_API_KEY": API_KEY,
+        "EASEL_MODEL_DIR": str(state_dir / "models"),
+        "EASEL_WARM_MODELS": '["tiny-sd"]',
+        "EASEL_TORCH_THREADS": "1",
+    }
+    storage = Storage(settings_from(env))
+    wait_until(storage.ensure_bucket, 60, "S3")
+    return env
+
+
+def settings_from(env: dict[str, str], **overrides: str) -> Settings:
+    """Settings built exactly as a process with this environment would build them."""
+    extra = {f"EASEL_{name.upper()}": value for name, value in overrides.items()}
+    with mock.patch.dict(os.environ, {**env, **extra}, clear=True):
+        return Settings()
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack_env: dict[str, str]) -> Settings:
+    return settings_from(stack_env)
+
+
+def png_bytes(width: int = 256, height: int = 256, color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+    """A small real PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
