@@ -17,6 +17,9 @@ from easel.stack import Server, start_redis, start_s3, wait_until
 from shared.settings import Settings
 from shared.storage import Storage
 
+# Nothing in the suite may reach the Hugging Face Hub; child processes inherit this.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 API_KEY = "test-key-" + secrets.token_hex(8)
 S3_ACCESS_KEY = "easel-test"
 S3_SECRET_KEY = secrets.token_hex(16)
