@@ -15,7 +15,9 @@ from shared.models import Envelope
 log = logging.getLogger(__name__)
 
 
-def json_response(envelope: Envelope, status: int, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    envelope: Envelope, status: int, headers: dict[str, str] | None = None
+) -> Response:
     """Serialize an envelope."""
     body = envelope.model_dump_json()
     return Response(body, status=status, mimetype="application/json", headers=headers)
@@ -48,4 +50,6 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return json_response(Envelope.for_error("internal error; the request was not processed"), 500)
+        return json_response(
+            Envelope.for_error("internal error; the request was not processed"), 500
+        )

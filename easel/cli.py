@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="info")
 
-    commands.add_parser("dev", help="run Redis, S3, three CPU workers and the API locally")
+    dev = commands.add_parser("dev", help="run Redis, S3, three CPU workers and the API locally")
+    dev.add_argument("--port", type=int, default=8000)
 
     submit = commands.add_parser("submit", help="submit an image-to-image job")
     submit.add_argument("image", help="an http(s) URL or a local image file")
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     submit.add_argument("--strength", type=float, default=0.7)
     submit.add_argument("--seed", type=int)
     submit.add_argument("--wait", action="store_true", help="wait and print the image URLs")
-    submit.add_argument("--base-url", default=os.environ.get("EASEL_API_URL", "http://127.0.0.1:8000"))
+    submit.add_argument(
+        "--base-url", default=os.environ.get("EASEL_API_URL", "http://127.0.0.1:8000")
+    )
     submit.add_argument("--api-key", default=os.environ.get("EASEL_API_KEY"))
 
     args = parser.parse_args(argv)
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "dev":
         from easel.dev import run_dev
 
-        run_dev()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while starting: all is stopped
+            run_dev(args.port)
     else:
         from easel.submit import run_submit
 
@@ -58,13 +63,21 @@ def main(argv: list[str] | None = None) -> None:
 def run_api(bind: str, workers: int, threads: int) -> None:
     """Replace this process with gunicorn serving ``api.create_app()``."""
     argv = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", bind,
-        "--workers", str(workers),
-        "--worker-class", "gthread",
-        "--threads", str(threads),  # sync requests wait on Redis, not on the CPU
-        "--timeout", "120",
-        "--access-logfile", "-",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),  # sync requests wait on Redis, not on the CPU
+        "--timeout",
+        "120",
+        "--access-logfile",
+        "-",
         "api:create_app()",
     ]
     os.execv(sys.executable, argv)
@@ -78,14 +91,22 @@ def run_worker(gpu: InferenceType, concurrency: int, loglevel: str) -> None:
     settings = Settings(worker_gpu=gpu)
     app = create_celery(settings)
     nodename = f"{gpu.value}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    app.worker_main([
-        "worker",
-        "--queues", settings.queue_for(gpu),
-        "--hostname", nodename,
-        "--concurrency", str(concurrency),
-        "--pool", "prefork",
-        "--prefetch-multiplier", "1",
-        "--loglevel", loglevel,
-        "--without-gossip",
-        "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            settings.queue_for(gpu),
+            "--hostname",
+            nodename,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--prefetch-multiplier",
+            "1",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -13,9 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import IO
 
 
@@ -85,11 +85,16 @@ def start_redis(workdir: Path, port: int | None = None, log: IO[bytes] | None = 
     port = port or free_port()
     args = [
         redis_binary(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(workdir),
-        "--appendonly", "yes",
-        "--save", "",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
     ]
     process = subprocess.Popen(args, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for_port(port, process)
@@ -97,27 +102,45 @@ def start_redis(workdir: Path, port: int | None = None, log: IO[bytes] | None = 
 
 
 def start_s3(
-    workdir: Path, access_key: str, secret_key: str, port: int | None = None,
+    workdir: Path,
+    access_key: str,
+    secret_key: str,
+    port: int | None = None,
     log: IO[bytes] | None = None,
 ) -> Server:
     """Start SeaweedFS ``weed mini`` serving S3 (SigV4, with these credentials) on loopback."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     ports = {
-        "master.port": free_port(), "master.port.grpc": free_port(),
-        "volume.port": free_port(), "volume.port.grpc": free_port(),
-        "filer.port": free_port(), "filer.port.grpc": free_port(),
-        "s3.port": port, "s3.port.grpc": free_port(),
-        "admin.port": free_port(), "admin.port.grpc": free_port(),
-        "metricsPort": free_port(), "s3.port.iceberg": 0, "s3.port.lance": 0,
+        "master.port": free_port(),
+        "master.port.grpc": free_port(),
+        "volume.port": free_port(),
+        "volume.port.grpc": free_port(),
+        "filer.port": free_port(),
+        "filer.port.grpc": free_port(),
+        "s3.port": port,
+        "s3.port.grpc": free_port(),
+        "admin.port": free_port(),
+        "admin.port.grpc": free_port(),
+        "metricsPort": free_port(),
+        "s3.port.iceberg": 0,
+        "s3.port.lance": 0,
     }
     args = [
-        weed_binary(), "mini",
-        f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-master.telemetry=false", "-webdav=false",
+        weed_binary(),
+        "mini",
+        f"-dir={workdir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
         *(f"-{name}={value}" for name, value in ports.items()),
     ]
-    env = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key, "PATH": "/usr/bin:/bin"}
+    env = {
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "PATH": "/usr/bin:/bin",
+    }
     process = subprocess.Popen(
         args, cwd=workdir, env=env, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
@@ -132,7 +155,7 @@ def wait_until(check: Callable[[], object], timeout_s: float = 60, what: str = "
         try:
             check()
             return
-        except Exception as exc:  # noqa: BLE001 - any failure just means "not yet"
+        except Exception as exc:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} was not ready within {timeout_s} s: {exc}") from exc
             time.sleep(0.2)

@@ -49,4 +49,6 @@ def run_submit(args: argparse.Namespace) -> int:
             print(url)
     else:
         print(json.dumps(envelope, indent=2))
-    return 0 if envelope.get("status") in ("SUCCESS", "PENDING") and not envelope.get("error") else 1
+    return (
+        0 if envelope.get("status") in ("SUCCESS", "PENDING") and not envelope.get("error") else 1
+    )

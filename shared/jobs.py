@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import redis
@@ -60,7 +61,11 @@ class JobStore:
 
     def save(self, record: JobRecord) -> None:
         """Overwrite a record, keeping its expiry."""
-        _run(lambda: self.redis.set(self._job(record.task_id), record.model_dump_json(), keepttl=True))
+        _run(
+            lambda: self.redis.set(
+                self._job(record.task_id), record.model_dump_json(), keepttl=True
+            )
+        )
 
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, drop its inline image and wake anyone waiting on it."""
@@ -83,7 +88,7 @@ class JobStore:
     def input_image(self, task_id: str) -> bytes | None:
         """The inline image of a job, if it was sent as a data URI."""
         value = _run(lambda: self.redis.get(self._input(task_id)))
-        return None if value is None else bytes(value)
+        return value if isinstance(value, bytes) else None
 
     def wait(self, task_id: str, timeout_s: float) -> JobRecord:
         """Block until the job is terminal or the timeout passes; return its latest record."""
@@ -95,7 +100,7 @@ class JobStore:
                 return record
             # Re-read the record at least once a second, so a lost signal costs at most that.
             wait = max(0.01, min(1.0, remaining))
-            _run(lambda: self.redis.blpop([self._done(task_id)], timeout=wait))
+            _run(partial(self.redis.blpop, [self._done(task_id)], timeout=wait))
 
     @staticmethod
     def _job(task_id: str) -> str:
@@ -133,7 +138,7 @@ class WorkerLiveness:
         """The workers that beat recently on this queue."""
         since = time.time() - self.stale_after_s
         members = _run(lambda: self.redis.zrangebyscore(self._key(queue), since, "+inf"))
-        return [m.decode() for m in members]
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     @staticmethod
     def _key(queue: str) -> str:

@@ -75,7 +75,9 @@ def stack_settings(stack_env: dict[str, str]) -> Settings:
     return settings_from(stack_env)
 
 
-def png_bytes(width: int = 256, height: int = 256, color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+def png_bytes(
+    width: int = 256, height: int = 256, color: tuple[int, int, int] = (30, 120, 200)
+) -> bytes:
     """A small real PNG."""
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format="PNG")

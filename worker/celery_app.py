@@ -91,23 +91,17 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("easel-worker", set_as_current=True)
     app.config_from_object(celery_config(settings))
     process = WorkerProcess(settings)
-    app.easel = process  # type: ignore[attr-defined]
+    app.easel = process
 
-    @app.task(name=GENERATE_TASK)
     def generate(task_id: str, params: dict[str, Any]) -> None:
         """Run one image-to-image job; the record in Redis carries its result."""
         run_job(process.ctx, task_id, GenerationParams.model_validate(params))
 
-    @signals.worker_init.connect(weak=False)
-    def _remember_nodename(sender: Any = None, **_: Any) -> None:
+    def remember_nodename(sender: Any = None, **_: Any) -> None:
         process.nodename = getattr(sender, "hostname", None) or process.nodename
 
-    @signals.worker_process_init.connect(weak=False)
-    def _child_started(**_: Any) -> None:
-        process.start()
-
-    @signals.worker_process_shutdown.connect(weak=False)
-    def _child_stopping(**_: Any) -> None:
-        process.stop()
-
+    app.task(name=GENERATE_TASK)(generate)
+    signals.worker_init.connect(remember_nodename, weak=False)
+    signals.worker_process_init.connect(lambda **_: process.start(), weak=False)
+    signals.worker_process_shutdown.connect(lambda **_: process.stop(), weak=False)
     return app

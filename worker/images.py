@@ -23,15 +23,17 @@ def fetch_image(url: str, max_bytes: int, timeout_s: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        with httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=3) as client:
-            with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise ImageFetchError(f"image: the URL answered HTTP {response.status_code}")
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ImageFetchError(f"image: the download exceeds {max_bytes} bytes")
-                    chunks.append(chunk)
+        with (
+            httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=3) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ImageFetchError(f"image: the URL answered HTTP {response.status_code}")
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ImageFetchError(f"image: the download exceeds {max_bytes} bytes")
+                chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise ImageFetchError(f"image: could not fetch the URL ({type(exc).__name__})") from exc
     return b"".join(chunks)
@@ -42,13 +44,13 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageDecodeError(f"image: {image.width}x{image.height} has too many pixels")
-            if image.format == "JPEG":
-                image.draft("RGB", _fitted(image.width, image.height))  # decode at a reduced scale
-            image.load()
-            image = ImageOps.exif_transpose(image)
+            opened = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            if opened.width * opened.height > MAX_PIXELS:
+                raise ImageDecodeError(f"image: {opened.width}x{opened.height} has too many pixels")
+            if opened.format == "JPEG":
+                opened.draft("RGB", _fitted(opened.width, opened.height))  # decode at reduced scale
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageDecodeError("image: not a decodable JPEG, PNG, WebP, GIF or BMP") from None
     except OSError as exc:

@@ -101,7 +101,9 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
             source, torch_dtype=dtype, local_files_only=local
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model {spec.app_id!r} failed to load from {spec.source!r}: {exc}") from exc
+        raise ModelError(
+            f"model {spec.app_id!r} failed to load from {spec.source!r}: {exc}"
+        ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -61,7 +61,7 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
         generate(ctx, record, params)
     except JobError as exc:
         fail(record, str(exc))
-    except Exception as exc:  # noqa: BLE001 - the one place any failure becomes a FAILED job
+    except Exception as exc:
         log.exception("job %s failed unexpectedly", task_id)
         fail(record, f"internal error: {type(exc).__name__}: {exc}")
     record.finished_at = time.time()
@@ -86,7 +86,9 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
         if params.image_url is None:
             raise JobError("image: the inline image expired before the job ran")
         settings = ctx.settings
-        data = fetch_image(params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s)
+        data = fetch_image(
+            params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s
+        )
     image = prepare_image(data, spec.family, params.width, params.height)
 
     pipe, timings.load = ctx.pipelines.get(spec)

@@ -16,7 +16,9 @@ from api import create_app
 from shared.settings import Settings
 from tests.conftest import settings_from
 
-UNSERVED_QUEUES = json.dumps({"a10g": "apitest.a10g", "a100": "apitest.a100", "h100": "apitest.h100"})
+UNSERVED_QUEUES = json.dumps(
+    {"a10g": "apitest.a10g", "a100": "apitest.a100", "h100": "apitest.h100"}
+)
 
 
 @pytest.fixture

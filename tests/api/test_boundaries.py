@@ -12,7 +12,8 @@ from api import create_app
 from shared.settings import Settings
 app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
 app.test_client().get("/health")
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "diffusers", "transformers", "worker"})
+banned = {"torch", "diffusers", "transformers", "worker"}
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in banned)
 print(json.dumps(heavy))
 """
 

@@ -42,7 +42,13 @@ def test_someone_elses_task_is_404_not_403(
 ) -> None:
     store = JobStore(connect_redis(settings), settings.job_ttl_s)
     params = GenerationParams(
-        app_id="tiny-sd", prompt="p", guidance_scale=7.5, batch=1, strength=0.7, height=512, width=512
+        app_id="tiny-sd",
+        prompt="p",
+        guidance_scale=7.5,
+        batch=1,
+        strength=0.7,
+        height=512,
+        width=512,
     )
     record = JobRecord(
         task_id="other-owners-task",

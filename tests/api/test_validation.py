@@ -134,7 +134,9 @@ def test_unknown_app_id_is_404(client: FlaskClient, auth: dict[str, str]) -> Non
     assert response.json["error"].startswith("app_id: unknown model 'no-such-model'")
 
 
-def test_model_not_allowed_on_the_gpu_class_is_400(client: FlaskClient, auth: dict[str, str]) -> None:
+def test_model_not_allowed_on_the_gpu_class_is_400(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
     response = post(client, {**VALID, "app_id": "sdxl", "inference_type": "a10g"}, auth)
     assert response.status_code == 400
     assert response.json["error"] == "inference_type: 'sdxl' runs only on a100, h100"

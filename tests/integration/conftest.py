@@ -59,7 +59,11 @@ def workers(stack_env: dict[str, str], stack_settings: Settings, logs_dir: Path)
     for name in ("tiny-sd", "tiny-sdxl"):
         ensure_tiny_model(name, stack_settings.model_dir)
     processes = [
-        spawn(["worker", "--gpu", gpu.value, "--loglevel", "warning"], stack_env, logs_dir / f"worker-{gpu}.log")
+        spawn(
+            ["worker", "--gpu", gpu.value, "--loglevel", "warning"],
+            stack_env,
+            logs_dir / f"worker-{gpu}.log",
+        )
         for gpu in InferenceType
     ]
     store = connect_redis(stack_settings)
@@ -83,7 +87,9 @@ def workers(stack_env: dict[str, str], stack_settings: Settings, logs_dir: Path)
 def api_url(stack_env: dict[str, str], workers: None, logs_dir: Path) -> Iterator[str]:
     """The API under gunicorn, as ``easel api`` runs it."""
     port = free_port()
-    process = spawn(["api", "--bind", f"127.0.0.1:{port}", "--workers", "2"], stack_env, logs_dir / "api.log")
+    process = spawn(
+        ["api", "--bind", f"127.0.0.1:{port}", "--workers", "2"], stack_env, logs_dir / "api.log"
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/ready", timeout=2).raise_for_status(), 60, "API")
     yield url

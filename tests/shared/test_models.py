@@ -42,5 +42,14 @@ def test_url_travels_to_the_worker() -> None:
 
 def test_error_envelope_keeps_every_field() -> None:
     body = Envelope.for_error("x: broken").model_dump()
-    assert set(body) >= {"task_id", "status", "input", "output", "error", "error_data", "time_required", "ref_id"}
+    assert set(body) >= {
+        "task_id",
+        "status",
+        "input",
+        "output",
+        "error",
+        "error_data",
+        "time_required",
+        "ref_id",
+    }
     assert body["status"] is JobStatus.FAILED

@@ -15,13 +15,19 @@ from shared.settings import Settings
 
 def test_defaults_give_one_queue_per_gpu_class(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
-    assert {settings.queue_for(t) for t in InferenceType} == {"easel.a10g", "easel.a100", "easel.h100"}
+    assert {settings.queue_for(t) for t in InferenceType} == {
+        "easel.a10g",
+        "easel.a100",
+        "easel.h100",
+    }
     assert settings.sync_wait_s == 60
     assert settings.max_body_bytes == 32 * 1024 * 1024
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EASEL_QUEUES", '{"a10g": "gpu-small", "a100": "gpu-big", "h100": "gpu-fast"}')
+    monkeypatch.setenv(
+        "EASEL_QUEUES", '{"a10g": "gpu-small", "a100": "gpu-big", "h100": "gpu-fast"}'
+    )
     monkeypatch.setenv("EASEL_WORKER_GPU", "h100")
     monkeypatch.setenv("EASEL_MODEL_DIR", "/models")
     monkeypatch.setenv("EASEL_BOOTSTRAP_API_KEY", "sk-very-secret-123")
@@ -40,7 +46,9 @@ def test_bad_values_are_rejected_when_built(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_nothing_reads_the_environment_at_import() -> None:
-    probe = "import shared.settings, shared.jobs, shared.storage, api, worker.celery_app; print('ok')"
+    probe = (
+        "import shared.settings, shared.jobs, shared.storage, api, worker.celery_app; print('ok')"
+    )
     env = {"EASEL_SYNC_WAIT_S": "not-a-number", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,9 @@ from worker.images import decode_image, encode_png, prepare_image
 
 def encoded(width: int, height: int, fmt: str = "PNG", mode: str = "RGB", **save: object) -> bytes:
     buffer = io.BytesIO()
-    Image.new(mode, (width, height), 128 if mode == "L" else (10, 200, 30)).save(buffer, format=fmt, **save)
+    Image.new(mode, (width, height), 128 if mode == "L" else (10, 200, 30)).save(
+        buffer, format=fmt, **save
+    )
     return buffer.getvalue()
 
 
@@ -45,7 +47,9 @@ def test_exif_orientation_is_applied() -> None:
     assert decode_image(data).size == (320, 640)
 
 
-@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGBA"), ("GIF", "P"), ("BMP", "RGB"), ("WEBP", "RGB"), ("PNG", "L")])
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("PNG", "RGBA"), ("GIF", "P"), ("BMP", "RGB"), ("WEBP", "RGB"), ("PNG", "L")]
+)
 def test_allowed_formats_decode_to_rgb(fmt: str, mode: str) -> None:
     image = decode_image(encoded(96, 80, fmt, mode))
     assert (image.mode, image.size) == ("RGB", (96, 80))

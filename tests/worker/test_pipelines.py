@@ -30,8 +30,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> PipelineCache:
 
 def params(**overrides: object) -> GenerationParams:
     fields: dict[str, object] = {
-        "app_id": "tiny-sd", "prompt": "a red barn", "guidance_scale": 7.5, "batch": 2,
-        "strength": 0.5, "height": 512, "width": 512, **overrides,
+        "app_id": "tiny-sd",
+        "prompt": "a red barn",
+        "guidance_scale": 7.5,
+        "batch": 2,
+        "strength": 0.5,
+        "height": 512,
+        "width": 512,
+        **overrides,
     }
     return GenerationParams.model_validate(fields)
 
@@ -44,7 +50,10 @@ def test_tiny_models_are_generated_deterministically(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("app_id", "pipeline_class"),
-    [("tiny-sd", "StableDiffusionImg2ImgPipeline"), ("tiny-sdxl", "StableDiffusionXLImg2ImgPipeline")],
+    [
+        ("tiny-sd", "StableDiffusionImg2ImgPipeline"),
+        ("tiny-sdxl", "StableDiffusionXLImg2ImgPipeline"),
+    ],
 )
 def test_tiny_models_load_through_from_pretrained(
     cache: PipelineCache, app_id: str, pipeline_class: str

@@ -1,4 +1,4 @@
-"""run_job against real Redis and S3, in-process: idempotent, overwrite-on-rerun, one-line failures."""
+"""run_job on real Redis and S3, in-process: idempotent, overwrites on rerun, one-line errors."""
 
 from __future__ import annotations
 
@@ -31,19 +31,33 @@ def ctx(stack_settings: Settings) -> WorkerContext:
 
 def queued_job(ctx: WorkerContext, batch: int = 2, image: bytes | None = None) -> JobRecord:
     params = GenerationParams(
-        app_id="tiny-sd", prompt="p", guidance_scale=7.5, batch=batch, strength=0.7,
-        height=512, width=512, seed=11,
+        app_id="tiny-sd",
+        prompt="p",
+        guidance_scale=7.5,
+        batch=batch,
+        strength=0.7,
+        height=512,
+        width=512,
+        seed=11,
     )
     record = JobRecord(
-        task_id=str(uuid.uuid4()), owner="o", app_id="tiny-sd", inference_type=InferenceType.A10G,
-        queue="q", params=params, input={}, created_at=time.time(),
+        task_id=str(uuid.uuid4()),
+        owner="o",
+        app_id="tiny-sd",
+        inference_type=InferenceType.A10G,
+        queue="q",
+        params=params,
+        input={},
+        created_at=time.time(),
     )
     ctx.jobs.create(record, png_bytes(128, 128) if image is None else image)
     return record
 
 
 def stored_keys(ctx: WorkerContext, task_id: str) -> list[str]:
-    listing = ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"outputs/{task_id}/")
+    listing = ctx.storage.client.list_objects_v2(
+        Bucket=ctx.storage.bucket, Prefix=f"outputs/{task_id}/"
+    )
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 

@@ -1,0 +1,12 @@
+# The API image: Flask under gunicorn, no torch.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY api api
+COPY shared shared
+COPY easel easel
+RUN pip install --no-cache-dir '.[api]'
+USER nobody
+EXPOSE 8000
+ENTRYPOINT ["easel"]
+CMD ["api", "--bind", "0.0.0.0:8000"]

@@ -1,0 +1,53 @@
+"""docker-compose.yml, checked offline: no Docker engine runs here."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from shared.models import InferenceType
+from shared.settings import DEFAULT_QUEUES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_schema_check_would_catch_a_mistake(compose: dict[str, Any]) -> None:
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    broken = {**compose, "services": {**compose["services"], "api": {"image": 5, "portz": []}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads(schema_file.read_text()))
+
+
+def test_one_gpu_worker_per_class_on_its_own_queue(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for gpu in InferenceType:
+        worker = services[f"worker-{gpu}"]
+        assert worker["command"] == ["worker", "--gpu", gpu.value]
+        devices = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    queues = json.loads(services["api"]["environment"]["EASEL_QUEUES"])
+    assert queues == {str(k): v for k, v in DEFAULT_QUEUES.items()}
+
+
+def test_redis_keeps_an_append_only_file_and_flower_is_there(compose: dict[str, Any]) -> None:
+    assert "--appendonly" in compose["services"]["redis"]["command"]
+    assert "flower" in compose["services"]["flower"]["command"]
+    assert {"api", "seaweedfs"} <= set(compose["services"])
