@@ -173,3 +173,19 @@ def test_list_of_apps_names_families_and_gpu_classes(client: httpx.Client) -> No
     assert apps["tiny-sdxl"]["family"] == "sdxl"
     assert apps["sdxl"]["inference_types"] == ["a100", "h100"]
     assert apps["tiny-sd"]["default_steps"] == 10
+
+
+def test_sync_request_past_its_wait_answers_202_pending_and_still_finishes(
+    stack_env: dict[str, str], workers: None, client: httpx.Client
+) -> None:
+    from api import create_app
+    from tests.conftest import API_KEY, settings_from
+
+    impatient = create_app(settings_from(stack_env, sync_wait_s="0")).test_client()
+    body = {"app_id": "tiny-sd", "image": data_uri(png_bytes()), "celery": False}
+    response = impatient.post(
+        "/getImageToImage", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 202
+    assert response.json is not None and response.json["status"] == "PENDING"
+    assert poll(client, response.json["task_id"])["status"] == "SUCCESS"
