@@ -98,7 +98,7 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
     source, local = resolve_source(spec, settings)
     try:
         pipe = AutoPipelineForImage2Image.from_pretrained(
-            source, torch_dtype=dtype, local_files_only=local
+            source, dtype=dtype, local_files_only=local
         )
     except (OSError, ValueError) as exc:
         raise ModelError(
