@@ -6,13 +6,28 @@ from flask import Response, url_for
 
 from api.errors import json_response
 from api.services import Services
-from shared.models import Envelope, JobRecord
+from shared.models import Envelope, JobRecord, JobState
+
+
+def envelope_for(services: Services, record: JobRecord) -> Envelope:
+    """A job's envelope: signed URLs once done, queue position and ETA while it waits."""
+    urls = None
+    if record.output is not None:
+        sign = services.storage.presign
+        urls = ([sign(k) for k in record.image_keys], [sign(k) for k in record.preview_keys])
+    position = eta = None
+    if record.state is JobState.QUEUED:
+        position = services.jobs.queue_position(record)
+        mean = services.jobs.mean_duration(record.queue)
+        if position is not None and mean is not None:
+            workers = max(1, len(services.liveness.live(record.queue)))
+            eta = round(mean * position / workers, 2)
+    return Envelope.for_job(record, urls, queue_position=position, eta_seconds=eta)
 
 
 def job_response(services: Services, record: JobRecord, status: int | None = None) -> Response:
     """The envelope of a job: 200 once terminal, 202 with a Location while pending."""
-    urls = [services.storage.presign(key) for key in record.image_keys] if record.output else None
-    envelope = Envelope.for_job(record, urls)
+    envelope = envelope_for(services, record)
     if record.status.is_terminal:
         return json_response(envelope, status or 200)
     location = url_for("tasks.get_task", task_id=record.task_id)

@@ -71,6 +71,6 @@ def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobR
         )
     except (OperationalError, RedisError) as exc:
         with suppress(RedisError):  # unreachable too: the record simply expires
-            services.jobs.discard(record.task_id)
+            services.jobs.discard(record)
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc
     return record

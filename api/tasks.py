@@ -1,25 +1,52 @@
-"""The task resource: ``GET /tasks/<id>`` and Qolaba's ``POST /tasks``."""
+"""The task resource: status (with long-poll), Qolaba's ``POST /tasks``, cancel, listing."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from typing import TypeVar
+
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import current_owner, require_key
-from api.envelopes import job_response
+from api.envelopes import envelope_for, job_response
 from api.errors import invalid_request
 from api.services import get_services
 from shared.errors import UnknownTask
-from shared.models import JobRecord
+from shared.models import JobRecord, JobStatus
 
 bp = Blueprint("tasks", __name__)
 bp.before_request(require_key)
+
+MAX_WAIT_S = 60.0
+M = TypeVar("M", bound=BaseModel)
 
 
 class TaskQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_id: str = Field(min_length=1, max_length=64, strict=True)
+
+
+class StatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_S)
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: float | None = None
+
+
+def parse_args(model: type[M]) -> M:
+    """Validate the query string; a 400 names the parameter."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
 
 
 def owned_task(task_id: str) -> JobRecord:
@@ -32,8 +59,12 @@ def owned_task(task_id: str) -> JobRecord:
 
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> Response:
-    """The envelope of one task."""
-    return job_response(get_services(), owned_task(task_id), status=200)
+    """The envelope of one task; ``?wait=S`` holds the answer until it ends, up to S seconds."""
+    query = parse_args(StatusQuery)
+    record = owned_task(task_id)
+    if query.wait and not record.status.is_terminal:
+        record = get_services().jobs.wait(task_id, query.wait)
+    return job_response(get_services(), record, status=200)
 
 
 @bp.post("/tasks")
@@ -44,3 +75,21 @@ def post_task() -> Response:
     except ValidationError as exc:
         raise invalid_request(exc) from None
     return job_response(get_services(), owned_task(query.task_id), status=200)
+
+
+@bp.post("/tasks/<task_id>/cancel")
+def cancel_task(task_id: str) -> Response:
+    """Cancel a job: queued ones never run, running ones stop at their next step."""
+    owned_task(task_id)
+    record = get_services().jobs.cancel(task_id)
+    return job_response(get_services(), record, status=200)
+
+
+@bp.get("/tasks")
+def list_tasks() -> Response:
+    """The caller's recent tasks, newest first; pass ``next_cursor`` back as ``cursor``."""
+    query = parse_args(ListQuery)
+    services = get_services()
+    records, cursor = services.jobs.owned(current_owner(), query.status, query.limit, query.cursor)
+    tasks = [envelope_for(services, r).model_dump(mode="json") for r in records]
+    return jsonify({"tasks": tasks, "next_cursor": cursor})

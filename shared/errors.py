@@ -5,15 +5,17 @@
     ├── Unauthorized          401  missing or unknown API key
     ├── NotFound              404
     │   ├── UnknownTask
+    │   │   └── ExpiredTask   it existed, past its retention
     │   └── UnknownApp
     ├── PayloadTooLarge       413
     ├── Unavailable           503
     │   ├── BackendUnavailable    Redis or S3 cannot be reached
     │   └── NoLiveWorker          nobody consumes the requested queue
-    └── JobError                  a job failed in the worker; ends it FAILED
-        ├── ImageFetchError
-        ├── ImageDecodeError
-        └── ModelError
+    ├── JobError                  a job failed in the worker; ends it FAILED
+    │   ├── ImageFetchError
+    │   ├── ImageDecodeError
+    │   └── ModelError
+    └── JobCanceled               the owner canceled a running job; ends it CANCELED
 
 The API maps ``status_code`` to the response in one handler; the worker turns a
 ``JobError`` (or any exception) into a FAILED job whose error is ``str(exc)``.
@@ -51,6 +53,10 @@ class UnknownTask(NotFound):
     pass
 
 
+class ExpiredTask(UnknownTask):
+    pass
+
+
 class UnknownApp(NotFound):
     pass
 
@@ -85,3 +91,7 @@ class ImageDecodeError(JobError):
 
 class ModelError(JobError):
     pass
+
+
+class JobCanceled(EaselError):
+    """Raised inside a running job when its owner cancels it."""

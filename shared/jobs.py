@@ -1,10 +1,15 @@
-"""Job records, inline input images, completion signals and worker liveness, in Redis.
+"""Job records, inline input images, completion signals, queues and worker liveness, in Redis.
 
 Keys (all under ``easel:``):
-    job:<id>          the JobRecord as JSON, expiring after the job TTL
-    input:<id>        the bytes of an image sent as a data URI, deleted when the job ends
-    done:<id>         a list the worker pushes to when the job ends; waiters BLPOP it
-    workers:<queue>   a sorted set of live worker names, scored by their last heartbeat
+    job:<id>           the JobRecord as JSON, expiring after the job TTL
+    tomb:<id>          the owner of a job, kept 4x longer, so an expired id says "expired"
+    input:<id>         the bytes of an image sent as a data URI, deleted when the job ends
+    done:<id>          a list the worker pushes to when the job ends; waiters BLPOP it
+    cancel:<id>        set when the owner cancels; a running job checks it every step
+    queued:<queue>     sorted set of waiting task ids by submit time: queue positions
+    durations:<queue>  the last run times on a queue, for ETAs
+    owner:<owner>      sorted set of an owner's task ids by submit time: listing
+    workers:<queue>    sorted set of live worker names, scored by their last heartbeat
 """
 
 from __future__ import annotations
@@ -12,17 +17,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.errors import BackendUnavailable, UnknownTask
-from shared.models import JobRecord
+from shared.errors import BackendUnavailable, ExpiredTask, UnknownTask
+from shared.models import JobRecord, JobState, JobStatus
 from shared.settings import Settings
 
 PREFIX = "easel:"
+DURATIONS_KEPT = 50
 T = TypeVar("T")
 
 
@@ -37,58 +43,169 @@ def connect_redis(settings: Settings) -> redis.Redis:
     )
 
 
+def key(kind: str, name: str) -> str:
+    """The Redis key of one thing; the single place the layout above is spelled."""
+    return f"{PREFIX}{kind}:{name}"
+
+
 class JobStore:
-    """Reads and writes job records; the one place that knows the key layout."""
+    """Reads and writes job records and their side indexes."""
 
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
 
     def create(self, record: JobRecord, image: bytes | None = None) -> None:
-        """Store a new job and its inline image atomically."""
+        """Store a new job, its inline image and its index entries atomically."""
+        task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self._job(record.task_id), record.model_dump_json(), ex=self.ttl_s)
+        pipe.set(key("job", task_id), record.model_dump_json(), ex=self.ttl_s)
+        pipe.set(key("tomb", task_id), record.owner, ex=self.ttl_s * 4)
         if image is not None:
-            pipe.set(self._input(record.task_id), image, ex=self.ttl_s)
+            pipe.set(key("input", task_id), image, ex=self.ttl_s)
+        pipe.zadd(key("queued", record.queue), {task_id: record.created_at})
+        pipe.zadd(key("owner", record.owner), {task_id: record.created_at})
         _run(pipe.execute)
 
     def get(self, task_id: str) -> JobRecord:
-        """The record of one job, or UnknownTask."""
-        raw = _run(lambda: self.redis.get(self._job(task_id)))
+        """The record of one job, or UnknownTask (ExpiredTask past its retention)."""
+        raw = _run(partial(self.redis.get, key("job", task_id)))
         if raw is None:
+            if _run(partial(self.redis.exists, key("tomb", task_id))):
+                raise ExpiredTask(f"task_id: task {task_id!r} expired and its outputs are gone")
             raise UnknownTask(f"task_id: no task {task_id!r}")
         return JobRecord.model_validate_json(raw)
 
     def save(self, record: JobRecord) -> None:
         """Overwrite a record, keeping its expiry."""
         _run(
-            lambda: self.redis.set(
-                self._job(record.task_id), record.model_dump_json(), keepttl=True
+            partial(
+                self.redis.set, key("job", record.task_id), record.model_dump_json(), keepttl=True
             )
         )
 
+    def start(self, task_id: str, mark: Callable[[JobRecord], None]) -> JobRecord | None:
+        """Atomically move a waiting job to running; None if it already ended or was canceled."""
+        job = key("job", task_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(job)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(job)
+                    if raw is None:
+                        raise UnknownTask(f"task_id: no task {task_id!r}")
+                    record = JobRecord.model_validate_json(raw)
+                    if record.status.is_terminal:
+                        return None
+                    mark(record)
+                    pipe.multi()
+                    pipe.set(job, record.model_dump_json(), keepttl=True)
+                    pipe.zrem(key("queued", record.queue), task_id)
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue  # the API changed it meanwhile (a cancel); read it again
+
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, drop its inline image and wake anyone waiting on it."""
-        done = self._done(record.task_id)
+        task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self._job(record.task_id), record.model_dump_json(), keepttl=True)
-        pipe.delete(self._input(record.task_id))
-        pipe.rpush(done, b"1")
-        pipe.expire(done, 300)
+        pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
+        pipe.delete(key("input", task_id), key("cancel", task_id))
+        pipe.zrem(key("queued", record.queue), task_id)
+        pipe.rpush(key("done", task_id), b"1")
+        pipe.expire(key("done", task_id), 300)
+        if record.state is JobState.SUCCEEDED and record.started_at and record.finished_at:
+            durations = key("durations", record.queue)
+            pipe.lpush(durations, round(record.finished_at - record.started_at, 3))
+            pipe.ltrim(durations, 0, DURATIONS_KEPT - 1)
         _run(pipe.execute)
+
+    def cancel(self, task_id: str) -> JobRecord:
+        """Cancel a job: a waiting one ends now; a running one stops at its next step."""
+        _run(partial(self.redis.set, key("cancel", task_id), b"1", ex=self.ttl_s))
+        job = key("job", task_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(job)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(job)
+                    if raw is None:
+                        return self.get(task_id)  # raises UnknownTask or ExpiredTask
+                    record = JobRecord.model_validate_json(raw)
+                    if record.state is not JobState.QUEUED:
+                        pipe.unwatch()
+                        return record
+                    record.state = JobState.CANCELED
+                    record.error = "canceled by the client"
+                    record.finished_at = time.time()
+                    pipe.multi()
+                    pipe.set(job, record.model_dump_json(), keepttl=True)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # a worker took it meanwhile; it will see the cancel flag
+        self.finish(record)
+        return record
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether the owner asked to cancel this job."""
+        return bool(_run(partial(self.redis.exists, key("cancel", task_id))))
+
+    def queue_position(self, record: JobRecord) -> int | None:
+        """1 for the next job to start on its queue; None once it left the queue."""
+        rank = _run(partial(self.redis.zrank, key("queued", record.queue), record.task_id))
+        return None if rank is None else cast(int, rank) + 1
+
+    def mean_duration(self, queue: str) -> float | None:
+        """Mean run time of the last successful jobs on a queue."""
+        values = _run(partial(self.redis.lrange, key("durations", queue), 0, -1))
+        return sum(float(v) for v in values) / len(values) if values else None
+
+    def owned(
+        self, owner: str, status: JobStatus | None, limit: int, before: float | None
+    ) -> tuple[list[JobRecord], float | None]:
+        """An owner's jobs, newest first, older than ``before``; and the next cursor."""
+        found: list[JobRecord] = []
+        index = key("owner", owner)
+        upper: float | str = f"({before}" if before is not None else "+inf"
+        while len(found) < limit:
+            page = cast(
+                list[tuple[bytes, float]],
+                _run(partial(self.redis.zrevrangebyscore, index, upper, "-inf", 0, 100, True)),
+            )
+            if not page:
+                return found, None
+            for task_id, score in page:
+                upper = f"({score}"
+                try:
+                    record = self.get(task_id.decode())
+                except UnknownTask:
+                    self.redis.zrem(index, task_id)  # expired: prune lazily
+                    continue
+                if status is None or record.status is status:
+                    found.append(record)
+                    if len(found) == limit:
+                        return found, score
+        return found, None
+
+    def input_image(self, task_id: str) -> bytes | None:
+        """The inline image of a job, if it was sent as a data URI."""
+        value = _run(partial(self.redis.get, key("input", task_id)))
+        return value if isinstance(value, bytes) else None
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless Redis answers."""
         _run(self.redis.ping)
 
-    def discard(self, task_id: str) -> None:
+    def discard(self, record: JobRecord) -> None:
         """Forget a job that was never accepted (its publish failed)."""
-        self.redis.delete(self._job(task_id), self._input(task_id))
-
-    def input_image(self, task_id: str) -> bytes | None:
-        """The inline image of a job, if it was sent as a data URI."""
-        value = _run(lambda: self.redis.get(self._input(task_id)))
-        return value if isinstance(value, bytes) else None
+        task_id = record.task_id
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key("job", task_id), key("input", task_id), key("tomb", task_id))
+        pipe.zrem(key("queued", record.queue), task_id)
+        pipe.zrem(key("owner", record.owner), task_id)
+        pipe.execute()
 
     def wait(self, task_id: str, timeout_s: float) -> JobRecord:
         """Block until the job is terminal or the timeout passes; return its latest record."""
@@ -100,19 +217,7 @@ class JobStore:
                 return record
             # Re-read the record at least once a second, so a lost signal costs at most that.
             wait = max(0.01, min(1.0, remaining))
-            _run(partial(self.redis.blpop, [self._done(task_id)], timeout=wait))
-
-    @staticmethod
-    def _job(task_id: str) -> str:
-        return f"{PREFIX}job:{task_id}"
-
-    @staticmethod
-    def _input(task_id: str) -> str:
-        return f"{PREFIX}input:{task_id}"
-
-    @staticmethod
-    def _done(task_id: str) -> str:
-        return f"{PREFIX}done:{task_id}"
+            _run(partial(self.redis.blpop, [key("done", task_id)], timeout=wait))
 
 
 class WorkerLiveness:
@@ -124,25 +229,21 @@ class WorkerLiveness:
 
     def beat(self, queue: str, worker: str) -> None:
         """Mark one worker alive now."""
-        key = self._key(queue)
+        live = key("workers", queue)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(key, {worker: time.time()})
-        pipe.zremrangebyscore(key, "-inf", time.time() - self.stale_after_s)
+        pipe.zadd(live, {worker: time.time()})
+        pipe.zremrangebyscore(live, "-inf", time.time() - self.stale_after_s)
         pipe.execute()
 
     def leave(self, queue: str, worker: str) -> None:
         """Remove a worker that is shutting down."""
-        self.redis.zrem(self._key(queue), worker)
+        self.redis.zrem(key("workers", queue), worker)
 
     def live(self, queue: str) -> list[str]:
         """The workers that beat recently on this queue."""
         since = time.time() - self.stale_after_s
-        members = _run(lambda: self.redis.zrangebyscore(self._key(queue), since, "+inf"))
+        members = _run(partial(self.redis.zrangebyscore, key("workers", queue), since, "+inf"))
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-
-    @staticmethod
-    def _key(queue: str) -> str:
-        return f"{PREFIX}workers:{queue}"
 
 
 def _run(call: Callable[[], T]) -> T:

@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 DATA_URI_RE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII)
 MAX_PROMPT_CHARS = 2000
@@ -31,6 +31,7 @@ class JobStatus(StrEnum):
     PENDING = "PENDING"
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
+    CANCELED = "CANCELED"
 
     @property
     def is_terminal(self) -> bool:
@@ -46,15 +47,32 @@ class JobState(StrEnum):
     UPLOADING = "uploading"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def status(self) -> JobStatus:
         """The Qolaba status this state reports as."""
-        if self is JobState.SUCCEEDED:
-            return JobStatus.SUCCESS
-        if self is JobState.FAILED:
-            return JobStatus.FAILED
-        return JobStatus.PENDING
+        return _STATUS_OF_STATE.get(self, JobStatus.PENDING)
+
+
+_STATUS_OF_STATE = {
+    JobState.SUCCEEDED: JobStatus.SUCCESS,
+    JobState.FAILED: JobStatus.FAILED,
+    JobState.CANCELED: JobStatus.CANCELED,
+}
+
+
+class OutputFormat(StrEnum):
+    """How output images are encoded."""
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        """The MIME type of this format."""
+        return f"image/{self.value}"
 
 
 class ImageToImageRequest(BaseModel):
@@ -75,6 +93,8 @@ class ImageToImageRequest(BaseModel):
     inference_type: InferenceType = InferenceType.A10G
     ref_id: str | None = Field(default=None, max_length=256, strict=True)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+    output_format: OutputFormat = OutputFormat.PNG
+    output_quality: int = Field(default=90, ge=1, le=100, strict=True)
 
     @field_validator("image")
     @classmethod
@@ -109,6 +129,8 @@ class GenerationParams(BaseModel):
     height: int
     width: int
     seed: int | None = None
+    output_format: OutputFormat = OutputFormat.PNG
+    output_quality: int = 90
     image_url: str | None = None  # None: the image bytes sit in Redis beside the job
 
     @classmethod
@@ -129,12 +151,26 @@ class TimeRequired(BaseModel):
 
 
 class Output(BaseModel):
-    """A finished job's images."""
+    """A finished job's images, and small JPEG previews of them."""
 
     images: list[str]
+    low_res_urls: list[str] = Field(default_factory=list)
     seeds: list[int]
     width: int
     height: int
+
+
+class Progress(BaseModel):
+    """How far the denoising loop of a running job has got."""
+
+    step: int
+    total: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def percent(self) -> float:
+        """Share of steps done, 0 to 100."""
+        return round(100 * self.step / self.total, 1) if self.total else 0.0
 
 
 class JobRecord(BaseModel):
@@ -153,6 +189,8 @@ class JobRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     image_keys: list[str] = Field(default_factory=list)
+    preview_keys: list[str] = Field(default_factory=list)
+    progress: Progress | None = None
     output: Output | None = None
     error: str | None = None
     error_data: Any = None
@@ -179,13 +217,22 @@ class Envelope(BaseModel):
     error_data: Any = None
     time_required: TimeRequired | None = None
     ref_id: str | None = None
+    progress: Progress | None = None
+    queue_position: int | None = None
+    eta_seconds: float | None = None
 
     @classmethod
-    def for_job(cls, record: JobRecord, image_urls: list[str] | None = None) -> Envelope:
-        """Describe a job, with freshly signed image URLs when given."""
+    def for_job(
+        cls,
+        record: JobRecord,
+        urls: tuple[list[str], list[str]] | None = None,
+        queue_position: int | None = None,
+        eta_seconds: float | None = None,
+    ) -> Envelope:
+        """Describe a job, with freshly signed (image, preview) URLs when given."""
         output = record.output
-        if output is not None and image_urls is not None:
-            output = output.model_copy(update={"images": image_urls})
+        if output is not None and urls is not None:
+            output = output.model_copy(update={"images": urls[0], "low_res_urls": urls[1]})
         return cls(
             task_id=record.task_id,
             status=record.status,
@@ -196,6 +243,9 @@ class Envelope(BaseModel):
             error_data=record.error_data,
             time_required=record.time_required,
             ref_id=record.ref_id,
+            progress=record.progress if record.state is JobState.RUNNING else None,
+            queue_position=queue_position,
+            eta_seconds=eta_seconds,
         )
 
     @classmethod

@@ -42,9 +42,9 @@ class Storage:
             ),
         )
 
-    def output_key(self, task_id: str, index: int, extension: str = "png") -> str:
-        """Where image ``index`` of a task lives; a rerun overwrites, never duplicates."""
-        return f"{self.prefix}/{task_id}/{index}.{extension}"
+    def output_key(self, task_id: str, name: str) -> str:
+        """Where one output of a task lives; a rerun overwrites, never duplicates."""
+        return f"{self.prefix}/{task_id}/{name}"
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""

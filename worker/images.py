@@ -9,6 +9,7 @@ import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import ImageDecodeError, ImageFetchError
+from shared.models import OutputFormat
 
 MAX_SIDE = 1536
 SIZE_MULTIPLE = 64  # what every SD/SDXL UNet divides cleanly
@@ -93,8 +94,26 @@ def prepare_image(data: bytes, family: str, width: int, height: int) -> Image.Im
     return fit_for_sd(image, image.size)
 
 
+PREVIEW_SIDE = 256
+
+
 def encode_png(image: Image.Image) -> bytes:
     """PNG bytes of one output image."""
+    return encode(image, OutputFormat.PNG, 100)
+
+
+def encode(image: Image.Image, fmt: OutputFormat, quality: int) -> bytes:
+    """One output image in the requested format; quality applies to JPEG and WebP."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
+    if fmt is OutputFormat.PNG:
+        image.save(buffer, format="PNG", compress_level=1)
+    else:
+        image.save(buffer, format=fmt.value.upper(), quality=quality)
     return buffer.getvalue()
+
+
+def preview(image: Image.Image) -> bytes:
+    """A small JPEG of an output, for ``low_res_urls``."""
+    small = image.copy()
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    return encode(small, OutputFormat.JPEG, 75)

@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +114,27 @@ def effective_steps(default_steps: int, strength: float) -> int:
     return max(default_steps, math.ceil(1 / strength))
 
 
+StepCallback = Callable[[int, int], None]
+
+
 def run_img2img(
-    pipe: Any, spec: ModelSpec, image: Image.Image, params: GenerationParams, seeds: list[int]
+    pipe: Any,
+    spec: ModelSpec,
+    image: Image.Image,
+    params: GenerationParams,
+    seeds: list[int],
+    on_step: StepCallback | None = None,
 ) -> list[Image.Image]:
-    """One batched pipeline call; image ``i`` draws its noise from ``seeds[i]``."""
+    """One batched pipeline call; image ``i`` draws its noise from ``seeds[i]``.
+
+    ``on_step(step, total)`` runs after every denoising step; raising from it stops the run.
+    """
     import torch
+
+    def step_end(pipeline: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
+        if on_step is not None:
+            on_step(index + 1, pipeline.num_timesteps)
+        return tensors
 
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
     with torch.inference_mode():
@@ -131,6 +148,7 @@ def run_img2img(
             num_images_per_prompt=params.batch,
             generator=generators,
             output_type="pil",
+            callback_on_step_end=step_end,
         )
     images: list[Image.Image] = result.images
     return images

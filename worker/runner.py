@@ -1,11 +1,12 @@
 """One job, top to bottom: the plain functions a Celery task calls.
 
 1. Load the job record; skip it if it already ended (a redelivery).
-2. Mark it running.
+2. Mark it running, atomically, unless it was canceled while it waited.
 3. Get the input image (inline from Redis, or fetched by URL) and fit it.
 4. Get the pipeline from the per-process cache.
-5. Run one batched pipeline call, one seed per image.
-6. Upload each image under a key derived from the task id.
+5. Run one batched pipeline call, one seed per image, reporting progress and
+   stopping at the next step if the owner cancels.
+6. Upload each image (and a small preview) under keys derived from the task id.
 7. Record the result, or the one-line reason it failed.
 """
 
@@ -16,13 +17,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from shared.errors import JobError, UnknownTask
+from PIL import Image
+
+from shared.errors import JobCanceled, JobError, UnknownTask
 from shared.jobs import JobStore
-from shared.models import GenerationParams, JobRecord, JobState, Output
+from shared.models import GenerationParams, JobRecord, JobState, Output, OutputFormat, Progress
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
-from worker.images import encode_png, fetch_image, prepare_image
+from worker.images import encode, fetch_image, prepare_image, preview
 from worker.pipelines import PipelineCache, run_img2img
 
 log = logging.getLogger(__name__)
@@ -43,31 +46,53 @@ class WorkerContext:
 def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRecord | None:
     """Run one job to a terminal state; None when there is nothing (left) to do."""
     try:
-        record = ctx.jobs.get(task_id)
+        record = ctx.jobs.start(task_id, lambda r: mark_running(ctx, r))
     except UnknownTask:
         log.warning("job %s has no record (expired?); dropping it", task_id)
         return None
-    if record.status.is_terminal:
-        log.info("job %s already ended as %s; not running it again", task_id, record.status)
+    if record is None:
+        log.info("job %s already ended (or was canceled); not running it", task_id)
         return None
-    started = time.time()
-    record.state = JobState.RUNNING
-    record.started_at = started
-    record.attempts += 1
-    record.worker, record.worker_gpu = ctx.name, ctx.settings.worker_gpu
-    record.time_required.queue = round(started - record.created_at, 4)
-    ctx.jobs.save(record)
     try:
         generate(ctx, record, params)
+    except JobCanceled:
+        record.state, record.error = JobState.CANCELED, "canceled by the client"
     except JobError as exc:
         fail(record, str(exc))
     except Exception as exc:
         log.exception("job %s failed unexpectedly", task_id)
         fail(record, f"internal error: {type(exc).__name__}: {exc}")
+    record.progress = None
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     ctx.jobs.finish(record)
     return record
+
+
+def mark_running(ctx: WorkerContext, record: JobRecord) -> None:
+    """Step 2: what changes when a worker takes a job."""
+    record.state = JobState.RUNNING
+    record.started_at = time.time()
+    record.attempts += 1
+    record.worker, record.worker_gpu = ctx.name, ctx.settings.worker_gpu
+    record.time_required.queue = round(record.started_at - record.created_at, 4)
+
+
+class StepReporter:
+    """Checks for a cancel after every step; writes progress at most 4 times a second."""
+
+    def __init__(self, ctx: WorkerContext, record: JobRecord, min_interval_s: float = 0.25):
+        self.ctx, self.record, self.min_interval_s = ctx, record, min_interval_s
+        self.last_write = 0.0
+
+    def __call__(self, step: int, total: int) -> None:
+        if self.ctx.jobs.cancel_requested(self.record.task_id):
+            raise JobCanceled("canceled by the client")
+        now = time.monotonic()
+        if now - self.last_write >= self.min_interval_s or step == total:
+            self.record.progress = Progress(step=step, total=total)
+            self.ctx.jobs.save(self.record)
+            self.last_write = now
 
 
 def fail(record: JobRecord, reason: str) -> None:
@@ -96,22 +121,37 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
     first = params.seed if params.seed is not None else secrets.randbelow(2**31)
     seeds = [first + i for i in range(params.batch)]
     started = time.perf_counter()
-    images = run_img2img(pipe, spec, image, params, seeds)
+    images = run_img2img(pipe, spec, image, params, seeds, StepReporter(ctx, record))
     timings.inference = round(time.perf_counter() - started, 4)
 
     record.state = JobState.UPLOADING
     ctx.jobs.save(record)
     started = time.perf_counter()
-    keys = []
-    for index, output in enumerate(images):
-        key = ctx.storage.output_key(record.task_id, index)
-        ctx.storage.put(key, encode_png(output), "image/png")
-        keys.append(key)
+    record.image_keys, record.preview_keys = upload(ctx, record.task_id, images, params)
     timings.upload = round(time.perf_counter() - started, 4)
 
     width, height = images[0].size
-    record.image_keys = keys
     record.output = Output(
-        images=[ctx.storage.presign(key) for key in keys], seeds=seeds, width=width, height=height
+        images=[ctx.storage.presign(key) for key in record.image_keys],
+        low_res_urls=[ctx.storage.presign(key) for key in record.preview_keys],
+        seeds=seeds,
+        width=width,
+        height=height,
     )
     record.state = JobState.SUCCEEDED
+
+
+def upload(
+    ctx: WorkerContext, task_id: str, images: list[Image.Image], params: GenerationParams
+) -> tuple[list[str], list[str]]:
+    """Step 6: each image in its format and a JPEG preview; the keys of both."""
+    fmt = params.output_format
+    keys, previews = [], []
+    for index, output in enumerate(images):
+        key = ctx.storage.output_key(task_id, f"{index}.{fmt.value}")
+        ctx.storage.put(key, encode(output, fmt, params.output_quality), fmt.content_type)
+        small = ctx.storage.output_key(task_id, f"{index}.low.jpeg")
+        ctx.storage.put(small, preview(output), OutputFormat.JPEG.content_type)
+        keys.append(key)
+        previews.append(small)
+    return keys, previews

@@ -66,7 +66,8 @@ def test_job_succeeds_with_outputs_under_task_derived_keys(ctx: WorkerContext) -
     done = run_job(ctx, job.task_id, job.params)
     assert done is not None and done.status is JobStatus.SUCCESS, done and done.error
     assert done.image_keys == [f"outputs/{job.task_id}/0.png", f"outputs/{job.task_id}/1.png"]
-    assert stored_keys(ctx, job.task_id) == done.image_keys
+    assert done.preview_keys == [f"outputs/{job.task_id}/{i}.low.jpeg" for i in (0, 1)]
+    assert stored_keys(ctx, job.task_id) == sorted(done.image_keys + done.preview_keys)
     assert ctx.jobs.input_image(job.task_id) is None  # the inline image is dropped at the end
 
 
@@ -88,7 +89,8 @@ def test_rerun_after_a_lost_worker_overwrites_instead_of_duplicating(ctx: Worker
     again = run_job(ctx, job.task_id, job.params)
     assert again is not None and again.status is JobStatus.SUCCESS
     assert again.attempts == 2
-    assert stored_keys(ctx, job.task_id) == again.image_keys  # still two objects, not four
+    # Still two images and two previews, not twice that.
+    assert stored_keys(ctx, job.task_id) == sorted(again.image_keys + again.preview_keys)
 
 
 def test_job_without_a_record_is_dropped(ctx: WorkerContext) -> None:
