@@ -11,17 +11,19 @@ from shared.models import Envelope, JobRecord, JobState
 
 def envelope_for(services: Services, record: JobRecord) -> Envelope:
     """A job's envelope: signed URLs once done, queue position and ETA while it waits."""
+    position = eta = None
+    if record.state is JobState.QUEUED:
+        position = services.jobs.queue_position(record)
+        if position is None:  # a worker took it since the record was read
+            record = services.jobs.get(record.task_id)
+        else:
+            mean = services.jobs.mean_duration(record.queue)
+            workers = max(1, len(services.liveness.live(record.queue)))
+            eta = None if mean is None else round(mean * position / workers, 2)
     urls = None
     if record.output is not None:
         sign = services.storage.presign
         urls = ([sign(k) for k in record.image_keys], [sign(k) for k in record.preview_keys])
-    position = eta = None
-    if record.state is JobState.QUEUED:
-        position = services.jobs.queue_position(record)
-        mean = services.jobs.mean_duration(record.queue)
-        if position is not None and mean is not None:
-            workers = max(1, len(services.liveness.live(record.queue)))
-            eta = round(mean * position / workers, 2)
     return Envelope.for_job(record, urls, queue_position=position, eta_seconds=eta)
 
 

@@ -243,7 +243,7 @@ class Envelope(BaseModel):
             error_data=record.error_data,
             time_required=record.time_required,
             ref_id=record.ref_id,
-            progress=record.progress if record.state is JobState.RUNNING else None,
+            progress=record.progress,
             queue_position=queue_position,
             eta_seconds=eta_seconds,
         )

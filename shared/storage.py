@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import boto3
@@ -11,6 +13,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared.errors import BackendUnavailable
 from shared.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 class Storage:
     """One bucket on any S3-compatible server."""
@@ -19,6 +23,7 @@ class Storage:
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix.strip("/")
         self.expiry_s = settings.presign_expiry_s
+        self.retention_days = max(1, math.ceil(settings.job_ttl_s / 86400))
         self.client = self._client(settings, settings.s3_endpoint_url)
         # Clients may reach S3 by another address than the servers do (Docker, Kubernetes).
         public = settings.s3_public_endpoint_url
@@ -47,11 +52,24 @@ class Storage:
         return f"{self.prefix}/{task_id}/{name}"
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist."""
+        """Create the bucket if it does not exist, with outputs expiring like job records."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            return
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
+        rule = {
+            "ID": "easel-retention",
+            "Filter": {"Prefix": f"{self.prefix}/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": self.retention_days},
+        }
+        try:
+            self.client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
+            )
+        except ClientError as exc:  # some S3 servers lack lifecycle rules; records still expire
+            log.warning("could not set the bucket's lifecycle rule: %s", exc)
 
     def put(self, key: str, body: bytes, content_type: str) -> None:
         """Upload one object."""

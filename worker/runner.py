@@ -62,7 +62,6 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
     except Exception as exc:
         log.exception("job %s failed unexpectedly", task_id)
         fail(record, f"internal error: {type(exc).__name__}: {exc}")
-    record.progress = None
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     ctx.jobs.finish(record)
