@@ -33,6 +33,7 @@ test: install lint typecheck
 
 bench: install
 	$(BIN)/python -m bench.tiny_models
+	$(BIN)/python -m bench.sync_latency
 
 clean:
 	rm -rf $(VENV) .easel .pytest_cache .mypy_cache .ruff_cache

@@ -176,3 +176,26 @@ def test_expired_task_says_expired_and_bucket_has_a_retention_rule(
     assert gone.json is not None and "expired" in gone.json["error"]
     rules = storage.client.get_bucket_lifecycle_configuration(Bucket=storage.bucket)["Rules"]
     assert rules[0]["Expiration"]["Days"] == 7 and rules[0]["Filter"]["Prefix"] == "outputs/"
+
+
+def test_multipart_upload_with_the_image_as_a_file_part(client: httpx.Client) -> None:
+    answer = client.post(
+        "/getImageToImage",
+        data={"app_id": "tiny-sd", "batch": "2", "seed": "5", "celery": "false", "prompt": "42"},
+        files={"image": ("photo.png", png_bytes(320, 192), "image/png")},
+    )
+    envelope = answer.json()
+    assert answer.status_code == 200 and envelope["status"] == "SUCCESS", envelope
+    assert envelope["input"]["prompt"] == "42" and envelope["input"]["batch"] == 2
+    assert envelope["output"]["seeds"] == [5, 6]
+    assert (envelope["output"]["width"], envelope["output"]["height"]) == (320, 192)
+
+
+def test_multipart_with_a_bad_field_is_400_naming_it(client: httpx.Client) -> None:
+    answer = client.post(
+        "/getImageToImage",
+        data={"app_id": "tiny-sd", "batch": "many"},
+        files={"image": ("photo.png", png_bytes(), "image/png")},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("batch: ")
