@@ -86,25 +86,15 @@ class JobStore:
 
     def start(self, task_id: str, mark: Callable[[JobRecord], None]) -> JobRecord | None:
         """Atomically move a waiting job to running; None if it already ended or was canceled."""
-        job = key("job", task_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(job)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(job)
-                    if raw is None:
-                        raise UnknownTask(f"task_id: no task {task_id!r}")
-                    record = JobRecord.model_validate_json(raw)
-                    if record.status.is_terminal:
-                        return None
-                    mark(record)
-                    pipe.multi()
-                    pipe.set(job, record.model_dump_json(), keepttl=True)
-                    pipe.zrem(key("queued", record.queue), task_id)
-                    pipe.execute()
-                    return record
-                except redis.WatchError:
-                    continue  # the API changed it meanwhile (a cancel); read it again
+
+        def take(record: JobRecord) -> bool:
+            if record.status.is_terminal:
+                return False
+            mark(record)
+            return True
+
+        record, taken = self._transition(task_id, take)
+        return record if taken else None
 
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, drop its inline image and wake anyone waiting on it."""
@@ -124,6 +114,24 @@ class JobStore:
     def cancel(self, task_id: str) -> JobRecord:
         """Cancel a job: a waiting one ends now; a running one stops at its next step."""
         _run(partial(self.redis.set, key("cancel", task_id), b"1", ex=self.ttl_s))
+
+        def cancel_waiting(record: JobRecord) -> bool:
+            if record.state is not JobState.QUEUED:
+                return False  # running: the worker sees the flag; ended: nothing to do
+            record.state, record.error = JobState.CANCELED, "canceled by the client"
+            record.finished_at = time.time()
+            return True
+
+        record, canceled = self._transition(task_id, cancel_waiting)
+        if canceled:
+            self.finish(record)
+        return record
+
+    def _transition(
+        self, task_id: str, change: Callable[[JobRecord], bool]
+    ) -> tuple[JobRecord, bool]:
+        """Apply ``change`` to a waiting job's record atomically (WATCH/MULTI), taking it off
+        its queue; ``change`` returns False to leave the record as it is."""
         job = key("job", task_id)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -131,22 +139,17 @@ class JobStore:
                     pipe.watch(job)  # type: ignore[no-untyped-call]
                     raw = pipe.get(job)
                     if raw is None:
-                        return self.get(task_id)  # raises UnknownTask or ExpiredTask
+                        return self.get(task_id), False  # raises UnknownTask or ExpiredTask
                     record = JobRecord.model_validate_json(raw)
-                    if record.state is not JobState.QUEUED:
-                        pipe.unwatch()
-                        return record
-                    record.state = JobState.CANCELED
-                    record.error = "canceled by the client"
-                    record.finished_at = time.time()
+                    if not change(record):
+                        return record, False
                     pipe.multi()
                     pipe.set(job, record.model_dump_json(), keepttl=True)
+                    pipe.zrem(key("queued", record.queue), task_id)
                     pipe.execute()
-                    break
+                    return record, True
                 except redis.WatchError:
-                    continue  # a worker took it meanwhile; it will see the cancel flag
-        self.finish(record)
-        return record
+                    continue  # someone else changed it meanwhile; read it again
 
     def cancel_requested(self, task_id: str) -> bool:
         """Whether the owner asked to cancel this job."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from easel.dev import stop
 from easel.stack import free_port, wait_until
 from shared.jobs import JobStore, connect_redis
 from shared.models import InferenceType
@@ -31,16 +32,6 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")
