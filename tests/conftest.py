@@ -6,6 +6,7 @@ import base64
 import io
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from easel.stack import Server, start_redis, start_s3, wait_until
+from shared.models import GenerationParams, InferenceType, JobRecord
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -91,3 +93,17 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def job_record(
+    task_id: str, owner: str = "o", batch: int = 1, seed: int | None = None
+) -> JobRecord:
+    """A queued tiny-sd job record, as the API would store it."""
+    params = GenerationParams(
+        app_id="tiny-sd", prompt="p", guidance_scale=7.5, batch=batch, strength=0.7,
+        height=512, width=512, seed=seed,
+    )  # fmt: skip
+    return JobRecord(
+        task_id=task_id, owner=owner, app_id="tiny-sd", inference_type=InferenceType.A10G,
+        queue="q", params=params, input={}, created_at=time.time(),
+    )  # fmt: skip

@@ -91,7 +91,6 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("easel-worker", set_as_current=True)
     app.config_from_object(celery_config(settings))
     process = WorkerProcess(settings)
-    app.easel = process
 
     def generate(task_id: str, params: dict[str, Any]) -> None:
         """Run one image-to-image job; the record in Redis carries its result."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -11,9 +9,8 @@ from flask.testing import FlaskClient
 from api import create_app
 from easel.stack import free_port
 from shared.jobs import JobStore, connect_redis
-from shared.models import GenerationParams, InferenceType, JobRecord
 from shared.settings import Settings
-from tests.conftest import data_uri, png_bytes, settings_from
+from tests.conftest import data_uri, job_record, png_bytes, settings_from
 
 BODY = {"app_id": "tiny-sd", "image": data_uri(png_bytes(64, 64))}
 
@@ -41,25 +38,7 @@ def test_someone_elses_task_is_404_not_403(
     client: FlaskClient, auth: dict[str, str], settings: Settings
 ) -> None:
     store = JobStore(connect_redis(settings), settings.job_ttl_s)
-    params = GenerationParams(
-        app_id="tiny-sd",
-        prompt="p",
-        guidance_scale=7.5,
-        batch=1,
-        strength=0.7,
-        height=512,
-        width=512,
-    )
-    record = JobRecord(
-        task_id="other-owners-task",
-        owner="someone-else",
-        app_id="tiny-sd",
-        inference_type=InferenceType.A10G,
-        queue="q",
-        params=params,
-        input={},
-        created_at=time.time(),
-    )
+    record = job_record("other-owners-task", owner="someone-else")
     store.create(record)
     for response in (
         client.get("/tasks/other-owners-task", headers=auth),

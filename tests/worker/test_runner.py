@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from shared.jobs import JobStore, connect_redis
-from shared.models import GenerationParams, InferenceType, JobRecord, JobState, JobStatus
+from shared.models import JobRecord, JobState, JobStatus
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import png_bytes
+from tests.conftest import job_record, png_bytes
 from worker.pipelines import PipelineCache
 from worker.runner import WorkerContext, run_job
 
@@ -30,26 +29,7 @@ def ctx(stack_settings: Settings) -> WorkerContext:
 
 
 def queued_job(ctx: WorkerContext, batch: int = 2, image: bytes | None = None) -> JobRecord:
-    params = GenerationParams(
-        app_id="tiny-sd",
-        prompt="p",
-        guidance_scale=7.5,
-        batch=batch,
-        strength=0.7,
-        height=512,
-        width=512,
-        seed=11,
-    )
-    record = JobRecord(
-        task_id=str(uuid.uuid4()),
-        owner="o",
-        app_id="tiny-sd",
-        inference_type=InferenceType.A10G,
-        queue="q",
-        params=params,
-        input={},
-        created_at=time.time(),
-    )
+    record = job_record(str(uuid.uuid4()), batch=batch, seed=11)
     ctx.jobs.create(record, png_bytes(128, 128) if image is None else image)
     return record
 
