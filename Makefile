@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first and pinned: anything that pulls it in later would otherwise fetch a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[api,worker,dev,test]'
+	$(BIN)/pip install --quiet -e '.[api,worker,client,dev,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,8 +22,8 @@ dev: install
 	$(BIN)/easel dev
 
 lint: install
-	$(BIN)/ruff check api worker shared easel tests
-	$(BIN)/ruff format --check api worker shared easel tests
+	$(BIN)/ruff check api worker shared easel client bench tests
+	$(BIN)/ruff format --check api worker shared easel client bench tests
 
 typecheck: install
 	$(BIN)/mypy
