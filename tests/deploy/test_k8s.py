@@ -1,0 +1,398 @@
+"""deploy/k8s and the Grafana dashboard, checked offline: no cluster, KEDA or Grafana runs here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared.models import InferenceType
+from shared.registry import load_registry
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+DASHBOARD = ROOT / "deploy" / "grafana" / "easel-dashboard.json"
+K8S_VERSION = "1.37"
+KEDA_API = "keda.sh/v1alpha1"
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+REDIS_POLICIES = {
+    "--appendonly": "yes",
+    "--appendfsync": "everysec",
+    "--maxmemory-policy": "noeviction",
+}
+
+Doc = dict[str, Any]
+
+
+def load_manifests() -> list[tuple[str, Doc]]:
+    """Every document of every manifest in deploy/k8s, with its file name."""
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+MANIFESTS = load_manifests()
+
+
+def named(kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for _, d in MANIFESTS if d["kind"] == kind}
+
+
+def workers() -> dict[InferenceType, Doc]:
+    """The worker Deployments, by the GPU class their label names."""
+    return {
+        InferenceType(d["metadata"]["labels"]["easel/gpu-class"]): d
+        for d in named("Deployment").values()
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+    }
+
+
+def container(workload: Doc) -> Doc:
+    (only,) = workload["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def scaled_objects_by_target() -> dict[str, Doc]:
+    return {d["spec"]["scaleTargetRef"]["name"]: d for d in named("ScaledObject").values()}
+
+
+def redis_flags(argv: list[str]) -> dict[str, str]:
+    return {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No EASEL_* variable from the machine running the tests leaks into Settings()."""
+    for name in [n for n in os.environ if n.startswith("EASEL_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+# Kubernetes schemas
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(on_disk)
+    assert kustomization["namespace"] == named("Namespace").popitem()[0]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [d for _, d in MANIFESTS if d["kind"] not in KEDA_KINDS],
+    ids=[
+        f"{f}:{d['kind']}/{d['metadata']['name']}"
+        for f, d in MANIFESTS
+        if d["kind"] not in KEDA_KINDS
+    ],
+)
+def test_manifest_matches_the_kubernetes_schema(doc: Doc) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_schema_check_would_catch_a_mistake() -> None:
+    broken = copy.deepcopy(workers()[InferenceType.A10G])
+    broken["spec"]["template"]["spec"]["nodeSelektor"] = {"x": "y"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_only_keda_resources_skip_the_schema() -> None:
+    keda = [d for _, d in MANIFESTS if d["apiVersion"] == KEDA_API]
+    assert {d["kind"] for d in keda} == KEDA_KINDS
+    assert all(d["kind"] not in KEDA_KINDS for _, d in MANIFESTS if d not in keda)
+
+
+def test_every_reference_to_a_config_map_or_secret_resolves() -> None:
+    config_maps, secrets = named("ConfigMap"), named("Secret")
+    for workload in [*named("Deployment").values(), *named("StatefulSet").values()]:
+        spec = container(workload)
+        for source in spec.get("envFrom", []):
+            if "configMapRef" in source:
+                assert source["configMapRef"]["name"] in config_maps
+            else:
+                assert source["secretRef"]["name"] in secrets
+        for var in spec.get("env", []):
+            if ref := var.get("valueFrom", {}).get("secretKeyRef"):
+                assert ref["key"] in secrets[ref["name"]]["stringData"]
+
+
+def test_every_service_selects_a_workload_and_a_named_port() -> None:
+    workloads = [*named("Deployment").values(), *named("StatefulSet").values()]
+    for name, service in named("Service").items():
+        chosen = [
+            w
+            for w in workloads
+            if service["spec"]["selector"].items()
+            <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(chosen) == 1, name
+        ports = {p["name"] for p in container(chosen[0])["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports, name
+
+
+# Queues and autoscaling
+
+
+def test_queue_names_match_the_settings_one_per_gpu_class(clean_env: pytest.MonkeyPatch) -> None:
+    queues = {str(k): v for k, v in Settings().queues.items()}
+    assert json.loads(named("ConfigMap")["easel-config"]["data"]["EASEL_QUEUES"]) == queues
+    list_names = [
+        so["spec"]["triggers"][0]["metadata"]["listName"] for so in named("ScaledObject").values()
+    ]
+    assert sorted(list_names) == sorted(queues.values())
+    assert set(workers()) == set(InferenceType)
+
+
+def test_each_worker_consumes_the_queue_its_scaled_object_watches(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    config = named("ConfigMap")["easel-config"]["data"]
+    secret = named("Secret")["easel-secrets"]["stringData"]
+    by_target = scaled_objects_by_target()
+    registry = load_registry()
+    for gpu, deployment in workers().items():
+        spec = container(deployment)
+        assert spec["command"] == ["easel", "worker", "--gpu", gpu.value]
+        env = {**config, **secret, **{v["name"]: v["value"] for v in spec["env"]}}
+        for name, value in env.items():
+            clean_env.setenv(name, value)
+        settings = Settings()
+        assert settings.worker_gpu == gpu
+        trigger = by_target[deployment["metadata"]["name"]]["spec"]["triggers"][0]
+        assert settings.queue_for(settings.worker_gpu) == trigger["metadata"]["listName"]
+        assert settings.warm_models, f"{gpu}: readiness means nothing without a warm model"
+        for app_id in settings.warm_models:
+            registry.check_runnable(app_id, gpu)
+
+
+def test_scaled_objects_scale_each_worker_from_zero_on_its_redis_list() -> None:
+    by_target = scaled_objects_by_target()
+    worker_names = {d["metadata"]["name"] for d in workers().values()}
+    assert set(by_target) == worker_names
+    auths, secrets = named("TriggerAuthentication"), named("Secret")
+    for so in named("ScaledObject").values():
+        assert (so["apiVersion"], so["kind"]) == (KEDA_API, "ScaledObject")
+        assert so["spec"]["minReplicaCount"] == 0
+        assert so["spec"]["maxReplicaCount"] >= 1
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "redis"
+        assert int(trigger["metadata"]["listLength"]) >= 1
+        auth = auths[trigger["authenticationRef"]["name"]]
+        assert auth["apiVersion"] == KEDA_API
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["key"] in secrets[ref["name"]]["stringData"]
+
+
+def test_keda_watches_the_redis_the_workers_use() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    service = named("Service")["redis"]
+    (port,) = service["spec"]["ports"]
+    url = urlsplit(named("Secret")["easel-secrets"]["stringData"]["EASEL_REDIS_URL"])
+    assert (url.hostname, url.port) == ("redis", port["port"])
+    expected = f"redis.{kustomization['namespace']}.svc.cluster.local:{port['port']}"
+    for so in named("ScaledObject").values():
+        metadata = so["spec"]["triggers"][0]["metadata"]
+        assert metadata["address"] == expected
+        assert metadata["databaseIndex"] == url.path.lstrip("/")
+
+
+# Workers, API, webhooks, Flower
+
+
+def test_every_worker_gets_one_gpu_on_its_class_of_node() -> None:
+    for gpu, deployment in workers().items():
+        pod = deployment["spec"]["template"]
+        spec = container(deployment)
+        assert int(spec["resources"]["limits"]["nvidia.com/gpu"]) == 1
+        assert gpu.value.upper() in pod["spec"]["nodeSelector"]["nvidia.com/gpu.product"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "spec"
+        ]["tolerations"]
+        assert spec["readinessProbe"]["exec"]["command"] == ["python", "-m", "worker.ready"]
+        assert {"name": "metrics", "containerPort": 9100} in spec["ports"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9100"
+
+
+def test_api_is_probed_and_scales_on_cpu() -> None:
+    api = named("Deployment")["easel-api"]
+    spec = container(api)
+    assert spec["command"] == ["easel", "api", "--bind", "0.0.0.0:8000"]
+    assert {"name": "http", "containerPort": 8000} in spec["ports"]
+    assert spec["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert spec["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert "cpu" in spec["resources"]["requests"]  # utilization is measured against it
+    hpa = named("HorizontalPodAutoscaler")["easel-api"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "easel-api"
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+
+
+def test_webhook_deliverer_and_flower_run() -> None:
+    deployments = named("Deployment")
+    assert container(deployments["easel-webhooks"])["command"] == ["easel", "webhooks"]
+    flower = container(deployments["flower"])
+    assert flower["command"][:2] == ["celery", "--broker=$(EASEL_REDIS_URL)"]
+    assert "flower" in flower["command"]
+    assert "EASEL_REDIS_URL" in {v["name"] for v in flower["env"]}
+
+
+# Redis durability, in Kubernetes and in docker-compose
+
+
+def test_redis_keeps_an_fsynced_append_only_file_and_never_evicts() -> None:
+    redis = named("StatefulSet")["redis"]
+    spec = container(redis)
+    assert redis_flags(spec["args"]).items() >= REDIS_POLICIES.items()
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    mount = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}[claim["metadata"]["name"]]
+    assert mount == redis_flags(spec["args"])["--dir"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert redis_flags(compose["services"]["redis"]["command"]).items() >= REDIS_POLICIES.items()
+
+
+# The Grafana dashboard
+
+METRICS: dict[str, set[str]] = {
+    "easel_jobs_total": {"state", "app_id", "inference_type"},
+    "easel_queue_wait_seconds": {"app_id", "inference_type"},
+    "easel_model_load_seconds": {"app_id", "inference_type"},
+    "easel_inference_seconds": {"app_id", "inference_type"},
+    "easel_upload_seconds": {"app_id", "inference_type"},
+    "easel_end_to_end_seconds": {"app_id", "inference_type"},
+    "easel_queue_depth": {"inference_type"},
+    "easel_worker_inflight": {"worker"},
+    "easel_gpu_memory_bytes": {"device"},
+    "easel_http_requests_total": {"method", "endpoint", "status"},
+    "easel_http_request_seconds": {"method", "endpoint"},
+}
+HISTOGRAMS = {n for n in METRICS if n.endswith("_seconds")}
+SCRAPE_LABELS = {"instance", "job"}
+PROMQL_WORDS = {"and", "or", "unless", "bool", "offset"}
+
+
+def series(name: str) -> tuple[str, set[str]]:
+    """The metric a series name belongs to, and the labels it carries; KeyError if unknown."""
+    if name in METRICS:
+        return name, METRICS[name]
+    base, _, suffix = name.rpartition("_")
+    if base in HISTOGRAMS and suffix in {"bucket", "sum", "count"}:
+        return base, METRICS[base] | ({"le"} if suffix == "bucket" else set())
+    raise KeyError(name)
+
+
+def metrics_in(expr: str) -> set[str]:
+    """The Easel metrics a PromQL expression reads; AssertionError on an unknown name or label."""
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
+    expr = re.sub(r"\[[^\]]*\]|\$\{?\w+\}?", "", expr)  # ranges, Grafana variables
+    found: dict[str, set[str]] = {}
+    for name, matchers in re.findall(r"(?<![\w.])([A-Za-z_:][\w:]*)\s*\{([^}]*)\}", expr):
+        _, labels = series(name)
+        used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+        assert used <= labels, f"{name} has no label {used - labels} in {expr}"
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    groupings = re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+    expr = re.sub(r"\b(?:by|without)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"(?<![\w.])[A-Za-z_:][\w:]*\s*\(", "(", expr)  # functions, aggregations
+    for name in re.findall(r"(?<![\w.])[A-Za-z_:][\w:]*", expr):
+        if name not in PROMQL_WORDS:
+            try:
+                base, labels = series(name)
+            except KeyError:
+                raise AssertionError(f"unknown metric {name!r} in {expr}") from None
+            found[base] = labels
+    available = set().union(*found.values(), SCRAPE_LABELS) if found else set()
+    for grouping in groupings:
+        used = {label.strip() for label in grouping.split(",")}
+        assert used <= available, f"no metric here has {used - available}: {expr}"
+    return set(found)
+
+
+def panels(dashboard: Doc) -> list[Doc]:
+    flat = []
+    for panel in dashboard["panels"]:
+        flat += [panel, *panel.get("panels", [])]
+    return flat
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> Doc:
+    data: Doc = json.loads(DASHBOARD.read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def queries(dashboard: Doc) -> dict[str, list[str]]:
+    """Every PromQL expression, by panel title."""
+    return {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in panels(dashboard)}
+
+
+def test_dashboard_queries_read_only_known_metrics_and_labels(
+    dashboard: Doc, queries: dict[str, list[str]]
+) -> None:
+    for title, exprs in queries.items():
+        for expr in exprs:
+            assert metrics_in(expr), f"{title}: {expr} reads no Easel metric"
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            call = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["definition"])
+            assert call, variable["definition"]
+            assert call[2] in series(call[1])[1]
+
+
+def test_metric_check_would_catch_a_typo_or_a_wrong_label() -> None:
+    assert metrics_in('sum by (state) (rate(easel_jobs_total{app_id="x"}[5m]))') == {
+        "easel_jobs_total"
+    }
+    with pytest.raises(AssertionError, match="unknown metric"):
+        metrics_in("sum(rate(easel_job_total[5m]))")
+    with pytest.raises(AssertionError, match="no label"):
+        metrics_in('easel_queue_depth{gpu="a10g"}')
+    with pytest.raises(AssertionError, match="no metric here has"):
+        metrics_in("sum by (worker) (easel_queue_depth)")
+
+
+def test_every_metric_appears_in_a_panel(queries: dict[str, list[str]]) -> None:
+    seen = set().union(*(metrics_in(e) for exprs in queries.values() for e in exprs))
+    assert seen == set(METRICS)
+
+
+def test_each_stage_histogram_shows_p50_and_p95_and_the_api_p99(
+    queries: dict[str, list[str]],
+) -> None:
+    exprs = [re.sub(r"\s+", "", e) for es in queries.values() for e in es]
+    for metric in HISTOGRAMS - {"easel_http_request_seconds"}:
+        for quantile in ("0.5", "0.95"):
+            assert any(
+                f"histogram_quantile({quantile}," in e and f"{metric}_bucket" in e for e in exprs
+            ), (
+                metric,
+                quantile,
+            )
+    assert any(
+        "histogram_quantile(0.99," in e and "easel_http_request_seconds_bucket" in e for e in exprs
+    )
+
+
+def test_the_asked_for_panels_exist_with_unique_ids(
+    dashboard: Doc, queries: dict[str, list[str]]
+) -> None:
+    ids = [p["id"] for p in panels(dashboard)]
+    assert len(ids) == len(set(ids))
+    flat = {title: " ".join(exprs) for title, exprs in queries.items()}
+    assert "by (state)" in flat["Job rate by state"]
+    assert "by (inference_type)" in flat["Queue depth per GPU class"]
+    assert "by (worker)" in flat["In-flight jobs per worker"]
+    assert 'status=~"5.."' in flat["Error rate"] and 'state="failed"' in flat["Error rate"]
