@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from api.services import Services
 from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
+from shared.netguard import BlockedURL
 from shared.queues import GENERATE_TASK
 
 # Magic numbers of the formats a worker will decode; the worker checks again, fully.
@@ -34,15 +35,38 @@ def decode_data_uri(uri: str) -> bytes:
 
 
 def _bad_image(reason: str) -> InvalidRequest:
+    return _field_error("image", "image", reason)
+
+
+def check_webhook(services: Services, url: str) -> None:
+    """Refuse a webhook the server cannot sign or must not call (checked again on delivery)."""
+    if services.settings.webhook_secret is None:
+        raise _field_error("webhook", "config", "webhooks are off: EASEL_WEBHOOK_SECRET is unset")
+    try:
+        services.url_policy.check_literal(url)
+    except BlockedURL as exc:
+        raise _field_error("webhook", "ssrf", str(exc)) from None
+
+
+def _field_error(field: str, rule: str, reason: str) -> InvalidRequest:
     return InvalidRequest(
-        f"image: {reason}", {"errors": [{"field": "image", "rule": "image", "message": reason}]}
+        f"{field}: {reason}", {"errors": [{"field": field, "rule": rule, "message": reason}]}
     )
 
 
 def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobRecord:
     """Record a job and publish it to its GPU class's queue; raise if nobody can run it."""
     services.registry.check_runnable(request.app_id, request.inference_type)
-    image = decode_data_uri(request.image) if request.is_data_uri else None
+    if request.webhook is not None:
+        check_webhook(services, request.webhook)
+    if request.is_data_uri:
+        image = decode_data_uri(request.image)
+    else:
+        image = None
+        try:
+            services.url_policy.check_literal(request.image)
+        except BlockedURL as exc:
+            raise _field_error("image", "ssrf", str(exc)) from None
     queue = services.settings.queue_for(request.inference_type)
     if not services.liveness.live(queue):
         raise NoLiveWorker(
@@ -60,6 +84,8 @@ def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobR
         input=request.echo(),
         ref_id=request.ref_id,
         created_at=time.time(),
+        webhook=request.webhook,
+        webhook_events=request.webhook_events_filter if request.webhook else [],
     )
     services.jobs.create(record, image)
     try:

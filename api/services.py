@@ -8,10 +8,12 @@ from celery import Celery
 from flask import Flask, current_app
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.netguard import UrlPolicy, policy_from
 from shared.queues import celery_config
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.webhooks import WebhookPublisher
 
 
 @dataclass
@@ -22,6 +24,8 @@ class Services:
     liveness: WorkerLiveness
     storage: Storage
     celery: Celery
+    url_policy: UrlPolicy
+    webhooks: WebhookPublisher
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -36,6 +40,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         liveness=WorkerLiveness(client, settings.worker_stale_after_s),
         storage=Storage(settings),
         celery=producer,
+        url_policy=policy_from(settings),
+        webhooks=WebhookPublisher(producer.send_task, settings),
     )
 
 

@@ -12,7 +12,7 @@ from api.envelopes import envelope_for, job_response
 from api.errors import invalid_request
 from api.services import get_services
 from shared.errors import UnknownTask
-from shared.models import JobRecord, JobStatus
+from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
 
 bp = Blueprint("tasks", __name__)
 bp.before_request(require_key)
@@ -80,9 +80,13 @@ def post_task() -> Response:
 @bp.post("/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
     """Cancel a job: queued ones never run, running ones stop at their next step."""
-    owned_task(task_id)
-    record = get_services().jobs.cancel(task_id)
-    return job_response(get_services(), record, status=200)
+    services = get_services()
+    before = owned_task(task_id)
+    record = services.jobs.cancel(task_id)
+    if before.state is JobState.QUEUED and record.state is JobState.CANCELED:
+        # It never reaches a worker, so its completed webhook starts here.
+        services.webhooks.publish(record, WebhookEvent.COMPLETED, envelope_for(services, record))
+    return job_response(services, record, status=200)
 
 
 @bp.get("/tasks")

@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def run_dev(port: int = 8000) -> None:
     api_url = f"http://127.0.0.1:{port}"
     key = os.environ.get("EASEL_BOOTSTRAP_API_KEY") or remembered_secret("api-key", "easel_dev_")
     s3_secret = remembered_secret("s3-secret")
+    webhook_secret = remembered_secret("webhook-secret", "whsec_", token=webhook_token)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with ExitStack() as stack:
         stack.callback(print, "\nstopped.", flush=True)
@@ -38,12 +40,13 @@ def run_dev(port: int = 8000) -> None:
         s3_log = stack.enter_context(open(LOGS / "s3.log", "ab"))
         s3 = start_s3(STATE / "s3", "easel", s3_secret, log=s3_log)
         stack.callback(s3.stop)
-        env = stack_env(redis, s3, s3_secret, key)
+        env = stack_env(redis, s3, s3_secret, key, webhook_secret)
         write_env_file(env, api_url, key)
         os.environ.update(env)
         wait_until(lambda: ensure_bucket(), 60, "S3")
         for gpu in InferenceType:
             stack.callback(stop, spawn(["worker", "--gpu", gpu.value], LOGS / f"worker-{gpu}.log"))
+        stack.callback(stop, spawn(["webhooks", "--concurrency", "4"], LOGS / "webhooks.log"))
         stack.callback(stop, spawn(["api", "--bind", f"127.0.0.1:{port}"], LOGS / "api.log"))
         wait_until(lambda: check_ready(api_url), 300, "the API and its warm workers")
         print_welcome(api_url, key)
@@ -55,16 +58,25 @@ def run_dev(port: int = 8000) -> None:
             print("\nstopping…", flush=True)
 
 
-def remembered_secret(name: str, prefix: str = "") -> str:
+def webhook_token() -> str:
+    """Standard Webhooks secrets are base64 of 24 to 64 random bytes."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def remembered_secret(
+    name: str, prefix: str = "", token: Callable[[], str] = lambda: secrets.token_urlsafe(24)
+) -> str:
     """A secret kept in ``.easel/<name>`` so that restarts reuse it."""
     path = STATE / name
     if not path.exists():
-        path.write_text(prefix + secrets.token_urlsafe(24))
+        path.write_text(prefix + token())
         path.chmod(0o600)
     return path.read_text().strip()
 
 
-def stack_env(redis: Server, s3: Server, s3_secret: str, key: str) -> dict[str, str]:
+def stack_env(
+    redis: Server, s3: Server, s3_secret: str, key: str, webhook_secret: str
+) -> dict[str, str]:
     """The EASEL_* variables every process of the local stack shares."""
     return {
         "EASEL_REDIS_URL": redis.url,
@@ -75,6 +87,10 @@ def stack_env(redis: Server, s3: Server, s3_secret: str, key: str) -> dict[str, 
         "EASEL_MODEL_DIR": str((STATE / "models").resolve()),
         "EASEL_WARM_MODELS": '["tiny-sd"]',
         "EASEL_TORCH_THREADS": "1",  # three CPU workers share a laptop's cores
+        "EASEL_WEBHOOK_SECRET": webhook_secret,
+        # Locally, images and webhook receivers live on this machine; deployments leave
+        # this unset, so private addresses stay refused.
+        "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1,localhost",
     }
 
 

@@ -75,6 +75,14 @@ class OutputFormat(StrEnum):
         return f"image/{self.value}"
 
 
+class WebhookEvent(StrEnum):
+    """When a job's webhook is called (Replicate's ``webhook_events_filter``)."""
+
+    START = "start"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+
+
 class ImageToImageRequest(BaseModel):
     """The body of ``POST /getImageToImage``."""
 
@@ -95,6 +103,10 @@ class ImageToImageRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
     output_format: OutputFormat = OutputFormat.PNG
     output_quality: int = Field(default=90, ge=1, le=100, strict=True)
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048, strict=True)
+    webhook_events_filter: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WebhookEvent), min_length=1, max_length=3
+    )
 
     @field_validator("image")
     @classmethod
@@ -102,6 +114,18 @@ class ImageToImageRequest(BaseModel):
         if value.startswith(("http://", "https://")) or DATA_URI_RE.match(value):
             return value
         raise ValueError("must be an http(s):// URL or a data:image/...;base64, URI")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_is_http_url(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("http://", "https://")):
+            return value
+        raise ValueError("must be an http(s):// URL")
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _unique_events(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        return list(dict.fromkeys(value))
 
     @property
     def is_data_uri(self) -> bool:
@@ -198,6 +222,8 @@ class JobRecord(BaseModel):
     worker: str | None = None
     worker_gpu: InferenceType | None = None
     attempts: int = 0
+    webhook: str | None = None
+    webhook_events: list[WebhookEvent] = Field(default_factory=list)
 
     @property
     def status(self) -> JobStatus:

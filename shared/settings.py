@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.models import InferenceType
 
@@ -55,6 +56,33 @@ class Settings(BaseSettings):
     warm_models: list[str] = Field(default_factory=list)
     image_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     image_fetch_timeout_s: float = Field(default=15.0, gt=0)
+    vram_budget_gb: float | None = Field(default=None, gt=0)
+
+    # Outbound HTTP (image fetch and webhooks): see shared/netguard.py.
+    # Hosts, host:port or CIDRs that may be private; comma-separated or a JSON list.
+    image_url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    url_allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [80, 443])
+
+    # Webhooks (Standard Webhooks). The secret is "whsec_" + base64 (`easel dev` makes one);
+    # while it is unset, requests that ask for a webhook are refused with a 400.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_retry_for_s: float = Field(default=3 * 3600, ge=3600)
+    webhook_progress_interval_s: float = Field(default=1.0, ge=0)
+    webhook_queue: str = "easel.webhooks"
+
+    @field_validator("image_url_allowlist", "url_allowed_ports", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """Accept ``a,b`` as well as a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     def queue_for(self, inference_type: InferenceType) -> str:
         """The Celery queue that serves one GPU class."""

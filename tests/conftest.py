@@ -22,6 +22,7 @@ from shared.storage import Storage
 # Nothing in the suite may reach the Hugging Face Hub; child processes inherit this.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"easel-test-webhook-secret-32byte").decode()
 API_KEY = "test-key-" + secrets.token_hex(8)
 S3_ACCESS_KEY = "easel-test"
 S3_SECRET_KEY = secrets.token_hex(16)
@@ -59,6 +60,9 @@ def stack_env(redis_server: Server, s3_server: Server, state_dir: Path) -> dict[
         "EASEL_MODEL_DIR": str(state_dir / "models"),
         "EASEL_WARM_MODELS": '["tiny-sd"]',
         "EASEL_TORCH_THREADS": "1",
+        "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        # Test images and webhook receivers are served on loopback.
+        "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1",
     }
     storage = Storage(settings_from(env))
     wait_until(storage.ensure_bucket, 60, "S3")

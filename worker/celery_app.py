@@ -12,10 +12,12 @@ from redis.exceptions import RedisError
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import GenerationParams
+from shared.netguard import GuardedHttp, policy_from
 from shared.queues import GENERATE_TASK, celery_config
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.webhooks import WebhookPublisher
 from worker.pipelines import PipelineCache
 from worker.runner import WorkerContext, run_job
 
@@ -25,8 +27,9 @@ log = logging.getLogger(__name__)
 class WorkerProcess:
     """Per-process state: built in each pool child after the fork, never before."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings = settings
+        self.app = app
         self.nodename = "worker"
         self._ctx: WorkerContext | None = None
         self._stop = threading.Event()
@@ -44,6 +47,8 @@ class WorkerProcess:
                 jobs=JobStore(client, settings.job_ttl_s),
                 storage=storage,
                 pipelines=PipelineCache(settings),
+                http=GuardedHttp(policy_from(settings)),
+                webhooks=WebhookPublisher(self.app.send_task, settings),
                 name=f"{self.nodename}/{os.getpid()}",
             )
         return self._ctx
@@ -90,7 +95,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
     app = Celery("easel-worker", set_as_current=True)
     app.config_from_object(celery_config(settings))
-    process = WorkerProcess(settings)
+    process = WorkerProcess(settings, app)
 
     def generate(task_id: str, params: dict[str, Any]) -> None:
         """Run one image-to-image job; the record in Redis carries its result."""

@@ -1,43 +1,19 @@
-"""Getting the input image into shape: fetch, decode, orient, fit; and encoding outputs."""
+"""Getting the input image into shape: decode, orient, fit; and encoding outputs."""
 
 from __future__ import annotations
 
 import io
 import warnings
 
-import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared.errors import ImageDecodeError, ImageFetchError
+from shared.errors import ImageDecodeError
 from shared.models import OutputFormat
 
 MAX_SIDE = 1536
 SIZE_MULTIPLE = 64  # what every SD/SDXL UNet divides cleanly
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 MAX_PIXELS = 64_000_000
-
-
-def fetch_image(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """Download an image over http(s), refusing bodies larger than ``max_bytes``."""
-    if not url.startswith(("http://", "https://")):
-        raise ImageFetchError("image: only http(s) URLs can be fetched")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        with (
-            httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=3) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise ImageFetchError(f"image: the URL answered HTTP {response.status_code}")
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ImageFetchError(f"image: the download exceeds {max_bytes} bytes")
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise ImageFetchError(f"image: could not fetch the URL ({type(exc).__name__})") from exc
-    return b"".join(chunks)
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -8,6 +8,9 @@
    stopping at the next step if the owner cancels.
 6. Upload each image (and a small preview) under keys derived from the task id.
 7. Record the result, or the one-line reason it failed.
+
+Webhook events (start, progress, completed) are only queued here (shared/webhooks.py);
+a separate process delivers them, so a slow receiver never holds up the GPU.
 """
 
 from __future__ import annotations
@@ -15,17 +18,30 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from shared.errors import JobCanceled, JobError, UnknownTask
 from shared.jobs import JobStore
-from shared.models import GenerationParams, JobRecord, JobState, Output, OutputFormat, Progress
+from shared.models import (
+    Envelope,
+    GenerationParams,
+    JobRecord,
+    JobState,
+    Output,
+    OutputFormat,
+    Progress,
+    WebhookEvent,
+)
+from shared.netguard import GuardedHttp
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
-from worker.images import encode, fetch_image, prepare_image, preview
+from shared.webhooks import WebhookPublisher
+from worker.fetch import fetch_image
+from worker.images import encode, prepare_image, preview
 from worker.pipelines import PipelineCache, run_img2img
 
 log = logging.getLogger(__name__)
@@ -40,7 +56,19 @@ class WorkerContext:
     jobs: JobStore
     storage: Storage
     pipelines: PipelineCache
+    http: GuardedHttp
+    webhooks: WebhookPublisher
     name: str = field(default="worker")
+
+    def notify(self, record: JobRecord, event: WebhookEvent) -> None:
+        """Queue a webhook event for this job, if it asked for one."""
+        if record.webhook is None or event not in record.webhook_events:
+            return
+        urls = None
+        if record.output is not None:
+            sign = self.storage.presign
+            urls = ([sign(k) for k in record.image_keys], [sign(k) for k in record.preview_keys])
+        self.webhooks.publish(record, event, Envelope.for_job(record, urls))
 
 
 def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRecord | None:
@@ -52,7 +80,9 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
         return None
     if record is None:
         log.info("job %s already ended (or was canceled); not running it", task_id)
+        resend_completed(ctx, task_id)
         return None
+    ctx.notify(record, WebhookEvent.START)
     try:
         generate(ctx, record, params)
     except JobCanceled:
@@ -65,7 +95,18 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     ctx.jobs.finish(record)
+    ctx.notify(record, WebhookEvent.COMPLETED)
     return record
+
+
+def resend_completed(ctx: WorkerContext, task_id: str) -> None:
+    """A redelivered job that a worker already ended: its worker may have died before
+    queuing the completed webhook, so queue it again (same webhook-id; receivers dedupe).
+    A job canceled while it waited never ran; the API sent its webhook."""
+    with suppress(UnknownTask):
+        record = ctx.jobs.get(task_id)
+        if record.status.is_terminal and record.attempts > 0:
+            ctx.notify(record, WebhookEvent.COMPLETED)
 
 
 def mark_running(ctx: WorkerContext, record: JobRecord) -> None:
@@ -91,6 +132,7 @@ class StepReporter:
         if now - self.last_write >= self.min_interval_s or step == total:
             self.record.progress = Progress(step=step, total=total)
             self.ctx.jobs.save(self.record)
+            self.ctx.notify(self.record, WebhookEvent.PROGRESS)
             self.last_write = now
 
 
@@ -111,7 +153,7 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
             raise JobError("image: the inline image expired before the job ran")
         settings = ctx.settings
         data = fetch_image(
-            params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s
+            ctx.http, params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s
         )
     image = prepare_image(data, spec.family, params.width, params.height)
 

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import data_uri, png_bytes
+from api import create_app
+from tests.api.conftest import UNSERVED_QUEUES
+from tests.conftest import data_uri, png_bytes, settings_from
 
 VALID = {"app_id": "tiny-sd", "image": data_uri(png_bytes(64, 64))}
 
@@ -46,6 +48,13 @@ BROKEN = [
     ("seed", -1, "greater_than_equal"),
     ("seed", 2**32, "less_than_equal"),
     ("colour", "blue", "extra_forbidden"),
+    ("webhook", "", "string_too_short"),
+    ("webhook", "ftp://example.com/hook", "value_error"),
+    ("webhook", "https://example.com/" + "x" * 2048, "string_too_long"),
+    ("webhook", 5, "string_type"),
+    ("webhook_events_filter", ["finished"], "enum"),
+    ("webhook_events_filter", [], "too_short"),
+    ("webhook_events_filter", "completed", "list_type"),
 ]
 
 
@@ -66,9 +75,10 @@ def test_broken_rule_is_400_naming_field_and_rule(
     assert response.status_code == 400
     envelope = response.json
     assert envelope["status"] == "FAILED"
-    assert envelope["error"].startswith(f"{field}: ")
     (error,) = envelope["error_data"]["errors"]
-    assert (error["field"], error["rule"]) == (field, rule)
+    assert error["field"].split(".")[0] == field  # "webhook_events_filter.0" names the item
+    assert envelope["error"].startswith(f"{error['field']}: ")
+    assert error["rule"] == rule
 
 
 ACCEPTED_LIMITS = [
@@ -148,3 +158,31 @@ def test_body_over_the_cap_is_413(client: FlaskClient, auth: dict[str, str]) -> 
     assert response.status_code == 413
     assert response.json["status"] == "FAILED"
     assert response.json["error"]
+
+
+def test_webhooks_are_refused_while_no_secret_is_set(
+    stack_env: dict[str, str], auth: dict[str, str]
+) -> None:
+    """Unsigned webhooks would be forgeable, so the server refuses to send them."""
+    env = {k: v for k, v in stack_env.items() if k != "EASEL_WEBHOOK_SECRET"}
+    client = create_app(settings_from(env, queues=UNSERVED_QUEUES)).test_client()
+    body = {
+        "app_id": "tiny-sd",
+        "image": data_uri(png_bytes()),
+        "webhook": "https://example.com/hook",
+    }
+    answer = post(client, body, auth)
+    assert answer.status_code == 400
+    assert answer.json["error"] == "webhook: webhooks are off: EASEL_WEBHOOK_SECRET is unset"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.1/a.png", "http://[::ffff:127.0.0.1]/a.png", "http://0x7f.1/a.png"]
+)
+def test_private_image_urls_are_400_at_submit(
+    client: FlaskClient, auth: dict[str, str], url: str
+) -> None:
+    answer = post(client, {"app_id": "tiny-sd", "image": url}, auth)
+    assert answer.status_code == 400
+    assert answer.json["error_data"]["errors"][0]["field"] == "image"
+    assert answer.json["error_data"]["errors"][0]["rule"] == "ssrf"

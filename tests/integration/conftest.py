@@ -57,6 +57,10 @@ def workers(stack_env: dict[str, str], stack_settings: Settings, logs_dir: Path)
         )
         for gpu in InferenceType
     ]
+    processes.append(
+        spawn(["webhooks", "--concurrency", "8", "--loglevel", "info"], stack_env,
+              logs_dir / "webhooks.log")
+    )  # fmt: skip
     store = connect_redis(stack_settings)
     from shared.jobs import WorkerLiveness
 

@@ -1,4 +1,6 @@
-"""Fetching input images over HTTP from a real local server."""
+"""The worker's image fetch: the guard's refusals become one-line ImageFetchErrors.
+
+The guard itself is tested in tests/shared/test_netguard.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from shared.errors import ImageFetchError
-from worker.images import fetch_image
+from shared.netguard import GuardedHttp, UrlPolicy
+from worker.fetch import fetch_image
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(5000)
 
@@ -44,27 +47,40 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_fetches_the_body(server: str) -> None:
-    assert fetch_image(f"{server}/image.png", 1_000_000, 5) == BODY
+@pytest.fixture
+def http() -> Iterator[GuardedHttp]:
+    guarded = GuardedHttp(UrlPolicy(["127.0.0.1"]))
+    yield guarded
+    guarded.close()
 
 
-def test_byte_cap_is_enforced_while_streaming(server: str) -> None:
-    with pytest.raises(ImageFetchError, match="exceeds 1000 bytes"):
-        fetch_image(f"{server}/image.png", 1000, 5)
+def test_fetches_the_body(server: str, http: GuardedHttp) -> None:
+    assert fetch_image(http, f"{server}/image.png", 1_000_000, 5) == BODY
 
 
-def test_http_error_status_is_named(server: str) -> None:
+def test_byte_cap_is_named(server: str, http: GuardedHttp) -> None:
+    with pytest.raises(ImageFetchError, match=r"^image: the download exceeds 1000 bytes$"):
+        fetch_image(http, f"{server}/image.png", 1000, 5)
+
+
+def test_http_error_status_is_named(server: str, http: GuardedHttp) -> None:
     with pytest.raises(ImageFetchError, match="answered HTTP 404"):
-        fetch_image(f"{server}/missing", 1_000_000, 5)
+        fetch_image(http, f"{server}/missing", 1_000_000, 5)
 
 
-def test_up_to_three_redirects_are_followed(server: str) -> None:
-    assert fetch_image(f"{server}/redirect/3", 1_000_000, 5) == BODY
-    with pytest.raises(ImageFetchError, match="TooManyRedirects"):
-        fetch_image(f"{server}/redirect/4", 1_000_000, 5)
+def test_too_many_redirects_is_named(server: str, http: GuardedHttp) -> None:
+    assert fetch_image(http, f"{server}/redirect/3", 1_000_000, 5) == BODY
+    with pytest.raises(ImageFetchError, match="more than 3 redirects"):
+        fetch_image(http, f"{server}/redirect/4", 1_000_000, 5)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.png"])
-def test_only_http_and_https(url: str) -> None:
-    with pytest.raises(ImageFetchError, match="only http"):
-        fetch_image(url, 1000, 5)
+def test_private_address_without_allowlist_is_named(server: str) -> None:
+    http = GuardedHttp(UrlPolicy(allowed_ports=[int(server.rsplit(":", 1)[1])]))
+    with pytest.raises(ImageFetchError, match=r"^image: 127\.0\.0\.1 resolves to a loopback"):
+        fetch_image(http, f"{server}/image.png", 1_000_000, 5)
+    http.close()
+
+
+def test_unreachable_host_is_named(http: GuardedHttp) -> None:
+    with pytest.raises(ImageFetchError, match="could not fetch the URL \\(ConnectError\\)"):
+        fetch_image(http, "http://127.0.0.1:9/a.png", 1_000_000, 5)

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import pytest
 
 from shared.jobs import JobStore, connect_redis
-from shared.models import JobRecord, JobState, JobStatus
+from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
+from shared.netguard import GuardedHttp, policy_from
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.webhooks import DELIVER_WEBHOOK_TASK, WebhookPublisher
 from tests.conftest import job_record, png_bytes
 from worker.pipelines import PipelineCache
 from worker.runner import WorkerContext, run_job
+
+
+class SentTasks(list[tuple[str, list[Any], str, dict[str, Any]]]):
+    """Stands in for Celery's send_task: records what a publisher queues."""
+
+    def append_task(self, name: str, args: list[Any], queue: str, **options: Any) -> None:
+        self.append((name, args, queue, options))
+
+    def events(self, task_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(event, parsed payload) of every webhook queued for one task, in order."""
+        return [(a[3], json.loads(a[2])) for _, a, _, _ in self if task_id in a[1]]
+
+
+published = SentTasks()
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +42,18 @@ def ctx(stack_settings: Settings) -> WorkerContext:
         jobs=JobStore(connect_redis(stack_settings), stack_settings.job_ttl_s),
         storage=Storage(stack_settings),
         pipelines=PipelineCache(stack_settings),
+        http=GuardedHttp(policy_from(stack_settings)),
+        webhooks=WebhookPublisher(published.append_task, stack_settings),
         name="unit-test-worker",
     )
 
 
-def queued_job(ctx: WorkerContext, batch: int = 2, image: bytes | None = None) -> JobRecord:
+def queued_job(
+    ctx: WorkerContext, batch: int = 2, image: bytes | None = None, webhook: str | None = None
+) -> JobRecord:
     record = job_record(str(uuid.uuid4()), batch=batch, seed=11)
+    if webhook is not None:
+        record.webhook, record.webhook_events = webhook, list(WebhookEvent)
     ctx.jobs.create(record, png_bytes(128, 128) if image is None else image)
     return record
 
@@ -86,3 +110,38 @@ def test_pipeline_failure_ends_failed_with_one_line(ctx: WorkerContext) -> None:
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error is not None and "\n" not in done.error
     assert done.error.startswith("model 'sd15' failed to load")
+
+
+def test_webhook_events_are_queued_start_progress_completed(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=1, webhook="https://hooks.example/easel")
+    done = run_job(ctx, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.SUCCESS
+    events = published.events(job.task_id)
+    names = [name for name, _ in events]
+    assert names[0] == "start" and names[-1] == "completed"
+    assert set(names[1:-1]) == {"progress"}, names  # at least one, throttled
+    start, completed = events[0][1], events[-1][1]
+    assert start["type"] == "task.start" and start["data"]["state"] == "running"
+    assert completed["data"]["status"] == "SUCCESS"
+    assert len(completed["data"]["output"]["images"]) == 1
+    sent = [entry for entry in published if job.task_id in entry[1][1]]
+    assert {name for name, *_ in sent} == {DELIVER_WEBHOOK_TASK}
+    assert {queue for _, _, queue, _ in sent} == {ctx.settings.webhook_queue}
+    assert all(opts.get("expires") for _, args, _, opts in sent if args[3] == "progress")
+    assert all("expires" not in opts for _, args, _, opts in sent if args[3] != "progress")
+
+
+def test_a_job_without_webhook_queues_nothing(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=1)
+    run_job(ctx, job.task_id, job.params)
+    assert published.events(job.task_id) == []
+
+
+def test_redelivered_finished_job_queues_its_completed_webhook_again(ctx: WorkerContext) -> None:
+    """Its worker may have died between recording the result and queuing the webhook."""
+    job = queued_job(ctx, batch=1, webhook="https://hooks.example/easel")
+    run_job(ctx, job.task_id, job.params)
+    before = [args[1] for _, args, _, _ in published if job.task_id in args[1]]
+    assert run_job(ctx, job.task_id, job.params) is None
+    after = [args[1] for _, args, _, _ in published if job.task_id in args[1]]
+    assert after == [*before, f"msg_{job.task_id}_completed"]  # same id: receivers dedupe
