@@ -36,8 +36,13 @@ class Settings(BaseSettings):
     s3_prefix: str = "outputs"
     presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
-    # API.
+    # API keys (shared/keys.py): only HMAC-SHA256(key_hash_secret, key) is stored.
     bootstrap_api_key: SecretStr | None = None
+    key_hash_secret: SecretStr = SecretStr("easel-dev-only-change-me")
+    default_rate_limit: str = "600/minute"  # Flask-Limiter syntax; per key
+    default_max_inflight: int = Field(default=64, ge=1)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    max_attempts: int = Field(default=3, ge=1)  # a job that loses its worker this often fails
     sync_wait_s: float = Field(default=60.0, ge=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
@@ -57,6 +62,8 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     image_fetch_timeout_s: float = Field(default=15.0, gt=0)
     vram_budget_gb: float | None = Field(default=None, gt=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # worker /metrics
+    log_json: bool = True  # one JSON object per log line, with task_id
 
     # Outbound HTTP (image fetch and webhooks): see shared/netguard.py.
     # Hosts, host:port or CIDRs that may be private; comma-separated or a JSON list.
