@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, Response
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import EaselError, InvalidRequest
+from shared.errors import EaselError, InvalidRequest, TooManyRequests
 from shared.models import Envelope
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,10 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(EaselError)
     def _easel(exc: EaselError) -> Response:
-        return json_response(Envelope.for_error(exc.message, exc.data), exc.status_code)
+        headers = {}
+        if isinstance(exc, TooManyRequests) and exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return json_response(Envelope.for_error(exc.message, exc.data), exc.status_code, headers)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

@@ -7,7 +7,9 @@
     │   ├── UnknownTask
     │   │   └── ExpiredTask   it existed, past its retention
     │   └── UnknownApp
+    ├── Conflict              409  an Idempotency-Key reused with another body
     ├── PayloadTooLarge       413
+    ├── TooManyRequests       429  rate limit or in-flight cap (carries retry_after)
     ├── Unavailable           503
     │   ├── BackendUnavailable    Redis or S3 cannot be reached
     │   └── NoLiveWorker          nobody consumes the requested queue
@@ -55,6 +57,18 @@ class UnknownTask(NotFound):
 
 class ExpiredTask(UnknownTask):
     pass
+
+
+class Conflict(EaselError):
+    status_code = 409
+
+
+class TooManyRequests(EaselError):
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float | None = None, data: Any = None):
+        super().__init__(message, data)
+        self.retry_after_s = retry_after_s
 
 
 class UnknownApp(NotFound):
