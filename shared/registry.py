@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from shared.errors import InvalidRequest, UnknownApp
 from shared.models import AppInfo, InferenceType
@@ -19,8 +19,11 @@ class ModelFamily(StrEnum):
     SDXL = "sdxl"
 
 
+CompileMode = Literal["max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune", "default"]
+
+
 class ModelSpec(BaseModel):
-    """One registry entry."""
+    """One registry entry, with its speed settings (see registry.toml's header)."""
 
     app_id: str
     family: ModelFamily
@@ -29,6 +32,22 @@ class ModelSpec(BaseModel):
     default_steps: int = Field(default=30, ge=1, le=200)
     inference_types: list[InferenceType]
     description: str = ""
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    channels_last: bool = False
+    vae_tiling_above: int = Field(default=1024, ge=64)
+    compile: bool = False
+    compile_mode: CompileMode = "max-autotune-no-cudagraphs"
+    compile_sizes: list[tuple[int, int]] = Field(default_factory=list)
+    vram_gb: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _compile_needs_sizes(self) -> ModelSpec:
+        if self.compile and not self.compile_sizes:
+            raise ValueError("compile_sizes: list the [width, height] sizes to compile at load")
+        for width, height in self.compile_sizes:
+            if width <= 0 or height <= 0 or width % 64 or height % 64:
+                raise ValueError(f"compile_sizes: {[width, height]} is not a multiple of 64")
+        return self
 
     def info(self) -> AppInfo:
         """The public view of this entry."""

@@ -6,6 +6,8 @@ cheap and a Celery parent process never initialises torch before it forks.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import threading
 import time
@@ -22,14 +24,28 @@ from shared.registry import ModelSpec
 from shared.settings import Settings
 from worker.tiny_models import BUILTIN_PREFIX, ensure_tiny_model
 
+Loader = Callable[[ModelSpec, Settings], Any]
+
 
 class PipelineCache:
-    """A small LRU of loaded pipelines; loading is serialized so a model loads once."""
+    """An LRU of loaded pipelines, bounded by count and by a VRAM budget; loads are serialized.
 
-    def __init__(self, settings: Settings, capacity: int = 2) -> None:
+    ``vram_budget_gb`` (None: unbounded) evicts least-recently-used pipelines until the
+    next model's ``vram_gb`` fits beside the ones kept. ``load`` is swappable for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        capacity: int = 2,
+        vram_budget_gb: float | None = None,
+        load: Loader | None = None,
+    ) -> None:
         self.settings = settings
         self.capacity = capacity
-        self._pipes: OrderedDict[str, Any] = OrderedDict()
+        self.vram_budget_gb = vram_budget_gb
+        self._load = load or load_pipeline
+        self._pipes: OrderedDict[str, tuple[ModelSpec, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, spec: ModelSpec) -> tuple[Any, float]:
@@ -37,13 +53,45 @@ class PipelineCache:
         with self._lock:
             if spec.app_id in self._pipes:
                 self._pipes.move_to_end(spec.app_id)
-                return self._pipes[spec.app_id], 0.0
+                return self._pipes[spec.app_id][1], 0.0
             started = time.perf_counter()
-            pipe = load_pipeline(spec, self.settings)
-            self._pipes[spec.app_id] = pipe
-            while len(self._pipes) > self.capacity:
-                self._pipes.popitem(last=False)
+            self._make_room(spec)
+            pipe = self._load(spec, self.settings)
+            self._pipes[spec.app_id] = (spec, pipe)
             return pipe, time.perf_counter() - started
+
+    def loaded(self) -> list[str]:
+        """The app_ids held now, least recently used first."""
+        return list(self._pipes)
+
+    def _make_room(self, spec: ModelSpec) -> None:
+        budget = self.vram_budget_gb
+        if budget is not None and spec.vram_gb > budget:
+            raise ModelError(
+                f"model {spec.app_id!r} needs about {spec.vram_gb} GB of GPU memory, "
+                f"more than this worker's budget of {budget} GB"
+            )
+        evicted = False
+        while self._pipes and (len(self._pipes) >= self.capacity or self._over_budget(spec)):
+            self._pipes.popitem(last=False)
+            evicted = True
+        if evicted:
+            release_memory(self.settings.device)
+
+    def _over_budget(self, spec: ModelSpec) -> bool:
+        if self.vram_budget_gb is None:
+            return False
+        held = sum(kept.vram_gb for kept, _ in self._pipes.values())
+        return held + spec.vram_gb > self.vram_budget_gb
+
+
+def release_memory(device_setting: str) -> None:
+    """Free what evicted pipelines held: collect their cycles, then CUDA's cached blocks."""
+    import torch
+
+    gc.collect()  # a pipeline's modules reference each other; drop them before emptying
+    if pick_device(device_setting).startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def pick_device(setting: str) -> str:
@@ -106,7 +154,83 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
             f"model {spec.app_id!r} failed to load from {spec.source!r}: {exc}"
         ) from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return apply_speed_settings(pipe.to(device), spec, device)
+
+
+# torch.compile choice: static shapes (dynamic=False), warmed at load for every configured
+# size and every batch a request may ask for. Static graphs let inductor specialise each
+# kernel to its shape (and max-autotune tune it), which a dynamic graph gives up for sizes
+# most workers never serve. The trap is a request at an unwarmed size: compiling then takes
+# minutes inside the request, and past torch's recompile limit it falls back to eager
+# anyway. So run_img2img serves under the "eager_on_recompile" stance: warmed shapes run
+# compiled, any other shape (or guidance_scale <= 1, which halves the UNet batch) runs the
+# plain UNet instead of compiling.
+WARM_BATCHES = (1, 2, 3, 4)  # GenerationParams.batch's range
+WARM_STEPS = 3  # shapes do not depend on steps; 3 UNet calls also record CUDA graphs
+
+
+def apply_speed_settings(pipe: Any, spec: ModelSpec, device: str) -> Any:
+    """The spec's attention kernel everywhere; channels_last and torch.compile on CUDA only."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
+    pipe.unet.set_attn_processor(processor())
+    pipe.vae.set_attn_processor(processor())
+    if not device.startswith("cuda"):
+        return pipe
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if spec.compile:
+        compile_unet(pipe, spec)
+    return pipe
+
+
+def compile_unet(
+    pipe: Any, spec: ModelSpec, backend: str | Callable[..., Any] = "inductor"
+) -> None:
+    """Compile the UNet with static shapes and warm every ``compile_sizes`` x batch 1-4."""
+    import torch
+
+    graphs = len(spec.compile_sizes) * len(WARM_BATCHES)
+    config = torch._dynamo.config  # one graph per shape; twice that leaves headroom
+    config.cache_size_limit = max(config.cache_size_limit, 2 * graphs)
+    mode = {"mode": spec.compile_mode} if backend == "inductor" else {}
+    pipe.unet = torch.compile(pipe.unet, backend=backend, fullgraph=True, dynamic=False, **mode)
+    for width, height in spec.compile_sizes:
+        image = Image.new("RGB", (width, height), (127, 127, 127))
+        for batch in WARM_BATCHES:
+            with torch.inference_mode():
+                pipe(
+                    prompt="warm-up",
+                    image=image,
+                    strength=1.0,
+                    guidance_scale=7.5,
+                    num_inference_steps=WARM_STEPS,
+                    num_images_per_prompt=batch,
+                    output_type="latent",
+                )
+
+
+def serving_stance(pipe: Any) -> contextlib.AbstractContextManager[Any]:
+    """Inside a request a compiled UNet may reuse its warmed graphs but never compile."""
+    import torch
+
+    if hasattr(pipe.unet, "_orig_mod"):  # torch.compile's OptimizedModule
+        stance: contextlib.AbstractContextManager[Any] = torch.compiler.set_stance(
+            "eager_on_recompile"
+        )
+        return stance
+    return contextlib.nullcontext()
+
+
+def set_vae_tiling(pipe: Any, spec: ModelSpec, size: tuple[int, int]) -> None:
+    """Tile the VAE for outputs wider or taller than the spec's threshold, else not."""
+    if max(size) > spec.vae_tiling_above:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
 
 
 def effective_steps(default_steps: int, strength: float) -> int:
@@ -136,8 +260,9 @@ def run_img2img(
             on_step(index + 1, pipeline.num_timesteps)
         return tensors
 
+    set_vae_tiling(pipe, spec, image.size)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-    with torch.inference_mode():
+    with torch.inference_mode(), serving_stance(pipe):
         result = pipe(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,

@@ -44,3 +44,47 @@ def test_invalid_registry_entry_is_refused(tmp_path: Path) -> None:
     path.write_text('[x]\nfamily = "kandinsky"\nsource = "a/b"\ninference_types = ["a10g"]\n')
     with pytest.raises(ValidationError, match="family"):
         load_registry(path)
+
+
+def test_speed_settings_default_to_plain_sdpa_without_compile(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text('[m]\nfamily = "sd"\nsource = "a/b"\ninference_types = ["h100"]\n')
+    spec = load_registry(path).get("m")
+    assert (spec.attention, spec.channels_last, spec.compile) == ("sdpa", False, False)
+    assert (spec.vae_tiling_above, spec.compile_sizes, spec.vram_gb) == (1024, [], 0.0)
+    assert spec.compile_mode == "max-autotune-no-cudagraphs"
+
+
+def test_builtin_production_models_declare_their_speed_settings() -> None:
+    sdxl = load_registry().get("sdxl")
+    assert sdxl.channels_last and sdxl.compile_sizes == [(1024, 1024)] and sdxl.vram_gb > 6
+    assert load_registry().get("tiny-sd").vram_gb < 1
+
+
+def test_speed_settings_are_read_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[m]\nfamily = "sdxl"\nsource = "a/b"\ninference_types = ["h100"]\n'
+        'attention = "eager"\nchannels_last = true\nvae_tiling_above = 768\ncompile = true\n'
+        'compile_mode = "reduce-overhead"\ncompile_sizes = [[1024, 1024], [768, 1344]]\n'
+        "vram_gb = 12.5\n"
+    )
+    spec = load_registry(path).get("m")
+    assert spec.compile_sizes == [(1024, 1024), (768, 1344)]
+    assert (spec.attention, spec.vae_tiling_above, spec.vram_gb) == ("eager", 768, 12.5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("compile = true\n", "compile_sizes: list the"),
+        ("compile_sizes = [[1000, 1024]]\n", "not a multiple of 64"),
+        ('attention = "xformers"\n', "attention"),
+        ("vram_gb = -1\n", "vram_gb"),
+    ],
+)
+def test_invalid_speed_settings_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text('[m]\nfamily = "sd"\nsource = "a/b"\ninference_types = ["h100"]\n' + extra)
+    with pytest.raises(ValidationError, match=message):
+        load_registry(path)

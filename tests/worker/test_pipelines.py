@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from shared.errors import ModelError
 from shared.models import GenerationParams
-from shared.registry import load_registry
+from shared.registry import ModelSpec, load_registry
 from shared.settings import Settings
 from worker.images import encode_png
-from worker.pipelines import PipelineCache, effective_steps, run_img2img
+from worker.pipelines import (
+    PipelineCache,
+    compile_unet,
+    effective_steps,
+    load_pipeline,
+    run_img2img,
+)
 from worker.tiny_models import ensure_tiny_model
 
 
@@ -80,3 +87,98 @@ def test_same_seed_gives_identical_bytes_and_each_image_its_own_seed(cache: Pipe
 def test_at_least_one_denoising_step_survives_strength(strength: float, steps: int) -> None:
     assert effective_steps(10, strength) == steps
     assert int(steps * strength) >= 1
+
+
+def spec_of(entry: str, **overrides: object) -> ModelSpec:
+    """A built-in registry entry with some fields changed."""
+    return load_registry().get(entry).model_copy(update=overrides)
+
+
+class FakeLoader:
+    """Stands in for load_pipeline: records which models it loaded."""
+
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+
+    def __call__(self, spec: ModelSpec, _settings: Settings) -> object:
+        self.loaded.append(spec.app_id)
+        return object()
+
+
+def test_vram_budget_evicts_least_recently_used_until_the_next_model_fits() -> None:
+    loader = FakeLoader()
+    cache = PipelineCache(Settings(device="cpu"), capacity=9, vram_budget_gb=20, load=loader)
+    for app_id in ("a", "b", "c"):  # 6 + 6 + 6 GB fit in 20
+        cache.get(spec_of("tiny-sd", app_id=app_id, vram_gb=6.0))
+    cache.get(spec_of("tiny-sd", app_id="a", vram_gb=6.0))  # a is now the most recent
+    cache.get(spec_of("tiny-sdxl", app_id="xl", vram_gb=12.0))  # needs b and c gone
+    assert cache.loaded() == ["a", "xl"]
+    assert loader.loaded == ["a", "b", "c", "xl"]
+
+
+def test_without_a_budget_only_capacity_evicts() -> None:
+    cache = PipelineCache(Settings(device="cpu"), capacity=2, load=FakeLoader())
+    for app_id in ("a", "b", "c"):
+        cache.get(spec_of("tiny-sd", app_id=app_id, vram_gb=500.0))
+    assert cache.loaded() == ["b", "c"]
+
+
+def test_a_model_larger_than_the_budget_is_a_model_error() -> None:
+    cache = PipelineCache(Settings(device="cpu"), vram_budget_gb=10, load=FakeLoader())
+    cache.get(spec_of("tiny-sd", app_id="small", vram_gb=4.0))
+    with pytest.raises(ModelError, match=r"'big' needs about 16\.0 GB .* budget of 10"):
+        cache.get(spec_of("sdxl", app_id="big", vram_gb=16.0))
+    assert cache.loaded() == ["small"]  # nothing evicted for a model that can never fit
+
+
+def test_eviction_on_cuda_empties_the_cuda_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    cache = PipelineCache(Settings(device="cuda"), vram_budget_gb=10, load=FakeLoader())
+    cache.get(spec_of("tiny-sd", app_id="a", vram_gb=6.0))
+    assert emptied == []
+    cache.get(spec_of("tiny-sd", app_id="b", vram_gb=6.0))
+    assert emptied == [True]
+
+
+def test_loaded_pipelines_use_sdpa_attention(cache: PipelineCache) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe, _ = cache.get(load_registry().get("tiny-sdxl"))
+    processors = pipe.unet.attn_processors.values()
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors)
+
+
+def test_vae_tiles_only_above_the_specs_threshold(cache: PipelineCache) -> None:
+    spec = load_registry().get("tiny-sd")
+    pipe, _ = cache.get(spec)
+    image = Image.new("RGB", (128, 128), (10, 20, 30))
+    run_img2img(pipe, spec.model_copy(update={"vae_tiling_above": 64}), image, params(), [1, 2])
+    assert pipe.vae.use_tiling
+    run_img2img(pipe, spec, image, params(), [1, 2])  # default threshold 1024
+    assert not pipe.vae.use_tiling
+
+
+def test_compiled_unet_is_warmed_at_load_and_never_compiles_while_serving(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    graphs: list[object] = []
+
+    def counting_backend(graph: torch.fx.GraphModule, _inputs: object) -> object:
+        graphs.append(graph)
+        return graph.forward
+
+    spec = spec_of("tiny-sd", compile=True, compile_sizes=[(64, 64)])
+    pipe = load_pipeline(spec, Settings(model_dir=tmp_path, device="cpu"))
+    try:
+        compile_unet(pipe, spec, backend=counting_backend)
+        assert len(graphs) == 4  # 64x64 at batches 1-4, static shapes
+        run_img2img(pipe, spec, Image.new("RGB", (64, 64)), params(batch=3), [1, 2, 3])
+        run_img2img(pipe, spec, Image.new("RGB", (128, 64)), params(batch=1), [1])  # not warmed
+        assert len(graphs) == 4  # the warmed shape reused its graph; the other ran eager
+    finally:
+        torch._dynamo.reset()

@@ -1,0 +1,351 @@
+"""GPU speed of SD 1.5 and SDXL image-to-image: fp16 + SDPA, then channels_last, then compile.
+
+    python bench/gpu.py [--out bench/gpu_results.json]   # one H100/H200, under 8 minutes
+    python bench/gpu.py --smoke --out /tmp/smoke.json    # CPU, scaled-down, a few seconds
+
+Both pipelines are built from the real configs in ``bench/configs/`` with random weights, so
+nothing downloads: random weights cost the same FLOPs as trained ones. The tokenizer is the
+byte-level one of ``worker/tiny_models.py`` (copied here, since the GPU machine has only
+torch, transformers and diffusers: this script imports nothing else from the repository).
+
+What is timed: one ``pipe(...)`` call per run, as the worker makes it (``inference_mode``,
+``num_images_per_prompt=batch``, ``output_type="pil"``, guidance 7.5 so the UNet runs the
+doubled CFG batch), at strength 1.0 so all 30 steps denoise; VAE encode and decode included.
+A warm-up call of a few steps precedes each row and is not timed (it absorbs compilation).
+Each variant adds to the one before: "sdpa" (AttnProcessor2_0 in fp16), "+channels_last"
+(UNet and VAE in NHWC), "+compile" (UNet through torch.compile, static shapes).
+
+Compile mode defaults to "reduce-overhead": it compiles in about a minute per shape, and its
+CUDA graphs remove the launch cost of the UNet's ~1000 kernels per step, which matters most
+at batch 1. "max-autotune-no-cudagraphs" (the worker's default, paid once at load) spends
+minutes per shape autotuning; try it with ``--compile-mode`` and ``--models sdxl``.
+SDXL's real VAE config has ``force_upcast``, so its VAE runs in float32 as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+CONFIGS = Path(__file__).with_name("configs")
+MODELS = {"sd15": 512, "sdxl": 1024}  # native size of each
+VARIANTS = ("sdpa", "+channels_last", "+compile")
+BATCHES = (1, 4)
+STEPS = 30
+PROMPT = "a photograph of an astronaut riding a horse, golden hour, highly detailed"
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    started = time.perf_counter()
+    device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.float16)
+    report: dict[str, Any] = {
+        "smoke": args.smoke,
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "compile_mode": args.compile_mode,
+        "steps": args.steps,
+        "rows": [],
+    }
+    for model in args.models:
+        pipe = build_pipeline(model, args.smoke, device, dtype)
+        size = 64 if args.smoke else MODELS[model]
+        for variant in VARIANTS:
+            skipped = apply_variant(pipe, variant, device, args.compile_mode)
+            for batch in BATCHES:
+                if skipped is None and time.perf_counter() - started > args.budget_s:
+                    skipped = f"time budget of {args.budget_s:.0f} s spent"
+                row = {"model": model, "variant": variant, "batch": batch, "size": size}
+                if skipped is None:
+                    row |= measure(pipe, size, batch, args)
+                else:
+                    row["skipped"] = skipped
+                report["rows"].append(row)
+                report["elapsed_s"] = round(time.perf_counter() - started, 1)
+                _print_row(row, report["elapsed_s"])
+                _write(args.out, report)  # after every row: a killed run keeps what it had
+        del pipe
+        _free(device)
+    print_table(report)
+    print(f"wrote {args.out}; elapsed {report['elapsed_s']:.1f} s")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="scaled-down models on the CPU")
+    parser.add_argument("--out", type=Path, default=Path("bench/gpu_results.json"))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["sdxl", "sd15"])
+    parser.add_argument("--compile-mode", default="reduce-overhead")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this")
+    parser.add_argument("--steps", type=int, default=None, help="default 30 (smoke: 2)")
+    parser.add_argument("--runs", type=int, default=None, help="timed runs per row")
+    args = parser.parse_args()
+    args.steps = args.steps or (2 if args.smoke else STEPS)
+    return args
+
+
+# 1. Configs: the real ones, or scaled-down copies derived from them for --smoke.
+
+
+def load_configs(model: str) -> dict[str, dict[str, Any]]:
+    """Each component's shipped config, by component folder name."""
+    configs = {}
+    for folder in sorted((CONFIGS / model).iterdir()):
+        name = "scheduler_config.json" if folder.name == "scheduler" else "config.json"
+        configs[folder.name] = json.loads((folder / name).read_text())
+    return configs
+
+
+def shrink_configs(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The same architecture, about 1/20 as wide and 1-2 layers deep, for the CPU."""
+    small = copy.deepcopy(configs)
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in small:
+            text = small[name]
+            width = max(16, text["hidden_size"] // 20 // 16 * 16)  # 768 -> 32, 1280 -> 64
+            text.update(hidden_size=width, intermediate_size=4 * width, projection_dim=width)
+            text.update(num_hidden_layers=2, num_attention_heads=2)
+    unet = small["unet"]
+    unet["block_out_channels"] = [max(16, c // 20) for c in unet["block_out_channels"]]
+    heads = unet["attention_head_dim"]  # SD 1.5 names its head count so (legacy)
+    unet["attention_head_dim"] = [max(1, h // 5) for h in heads] if isinstance(heads, list) else 2
+    unet.update(layers_per_block=1, norm_num_groups=8)
+    if unet.get("transformer_layers_per_block"):
+        unet["transformer_layers_per_block"] = [1] * len(unet["block_out_channels"])
+    widths = [small[n]["hidden_size"] for n in ("text_encoder", "text_encoder_2") if n in small]
+    unet["cross_attention_dim"] = sum(widths)  # SDXL concatenates both encoders' states
+    if unet.get("addition_embed_type") == "text_time":
+        unet["addition_time_embed_dim"] = 8  # 6 size/crop numbers + the pooled projection
+        unet["projection_class_embeddings_input_dim"] = (
+            6 * 8 + small["text_encoder_2"]["projection_dim"]
+        )
+    vae = small["vae"]
+    vae["block_out_channels"] = [c // 16 for c in vae["block_out_channels"]]
+    vae.update(layers_per_block=1, norm_num_groups=8)
+    return small
+
+
+# 2. Pipelines, built from configs with random weights on the target device.
+
+
+def build_pipeline(model: str, smoke: bool, device: str, dtype: Any) -> Any:
+    """An img2img pipeline of the model's architecture with random weights."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    configs = load_configs(model)
+    if smoke:
+        configs = shrink_configs(configs)
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the GPU: SDXL's 2.6B parameters init in seconds
+        unet = UNet2DConditionModel.from_config(configs["unet"]).to(dtype)
+        vae = AutoencoderKL.from_config(configs["vae"]).to(dtype)
+        text_encoder = _text_encoder(configs["text_encoder"], projection=False).to(dtype)
+        if model == "sd15":
+            pipe = StableDiffusionImg2ImgPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=byte_tokenizer(),
+                unet=unet,
+                scheduler=_scheduler(configs["scheduler"]),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        else:
+            pipe = StableDiffusionXLImg2ImgPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                text_encoder_2=_text_encoder(configs["text_encoder_2"], projection=True).to(dtype),
+                tokenizer=byte_tokenizer(),
+                tokenizer_2=byte_tokenizer(),
+                unet=unet,
+                scheduler=_scheduler(configs["scheduler"]),
+                requires_aesthetics_score=False,
+                force_zeros_for_empty_prompt=True,
+            )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _text_encoder(config: dict[str, Any], projection: bool) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return model_class(CLIPTextConfig.from_dict(config)).eval()
+
+
+def _scheduler(config: dict[str, Any]) -> Any:
+    import diffusers
+
+    return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+def byte_vocab() -> dict[str, int]:
+    """A CLIP vocabulary of single byte-level symbols: every prompt tokenizes, no merges.
+
+    Copied from worker/tiny_models.py: its ids stay below the real 49408-entry embedding.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    symbols = [chr(c) for c in codes]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for symbol in symbols:
+            vocab[symbol + suffix] = len(vocab)
+    return vocab
+
+
+def byte_tokenizer() -> Any:
+    """A CLIPTokenizer over ``byte_vocab``: 77 tokens per prompt, as the real ones."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=77)
+
+
+# 3. Variants, each on top of the one before; then the timing itself.
+
+
+def apply_variant(pipe: Any, variant: str, device: str, compile_mode: str) -> str | None:
+    """Change the pipeline in place for one variant; a reason when it is skipped here."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if variant == "sdpa":
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+    elif variant == "+channels_last":
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    elif variant == "+compile":
+        if device != "cuda":
+            return "torch.compile is measured on CUDA only; --smoke runs on the CPU"
+        # static shapes: batch 1 and 4 are two graphs, each compiled in its row's warm-up
+        pipe.unet = torch.compile(pipe.unet, mode=compile_mode, fullgraph=True, dynamic=False)
+    return None
+
+
+def measure(pipe: Any, size: int, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up (untimed), then time whole pipeline calls; seconds per image and peak memory."""
+    import torch
+    from PIL import Image
+
+    image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    cuda = torch.cuda.is_available() and not args.smoke
+    calls: list[int] = []
+
+    def run(steps: int) -> float:
+        def count(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> Any:
+            calls.append(step)
+            return tensors
+
+        calls.clear()
+        if cuda:
+            torch.cuda.synchronize()
+        begun = time.perf_counter()
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # random weights may give NaN pixels
+            warnings.simplefilter("ignore", FutureWarning)  # one image for a batch, as the worker
+            pipe(
+                prompt=PROMPT,
+                image=image,
+                strength=1.0,
+                guidance_scale=7.5,
+                num_inference_steps=steps,
+                num_images_per_prompt=batch,
+                generator=torch.Generator("cpu").manual_seed(0),
+                output_type="pil",
+                callback_on_step_end=count,
+            )
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - begun
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    warmup_s = run(min(3, args.steps))  # 3 UNet calls: compiles, then records CUDA graphs
+    runs = args.runs or (1 if args.smoke else 3 if batch == 1 else 2)
+    times = [run(args.steps) for _ in range(runs)]
+    median = statistics.median(times)
+    return {
+        "steps": args.steps,
+        "denoising_steps": len(calls),
+        "runs": runs,
+        "warmup_s": round(warmup_s, 3),
+        "median_s": round(median, 4),
+        "per_image_s": round(median / batch, 4),
+        "it_per_s": round(len(calls) / median, 2),
+        "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
+
+
+# 4. Reporting.
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """One line per model, variant and batch."""
+    print(f"\n{report['device']}  {report['dtype']}  torch {report['torch']}")
+    print(f"diffusers {report['diffusers']}  compile mode {report['compile_mode']}")
+    header = f"{'model':<6} {'variant':<15} {'batch':>5} {'size':>5} {'s/image':>8} "
+    print(header + f"{'it/s':>7} {'peak GB':>8} {'warm-up s':>9}")
+    for row in report["rows"]:
+        _print_row(row, None)
+
+
+def _print_row(row: dict[str, Any], elapsed: float | None) -> None:
+    line = f"{row['model']:<6} {row['variant']:<15} {row['batch']:>5} {row['size']:>5} "
+    if "skipped" in row:
+        line += f"skipped: {row['skipped']}"
+    else:
+        peak = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f}"
+        line += f"{row['per_image_s']:>8.3f} {row['it_per_s']:>7.2f} {peak:>8} "
+        line += f"{row['warmup_s']:>9.1f}"
+    print(line + ("" if elapsed is None else f"   [{elapsed:.0f} s]"), flush=True)
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _free(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch._dynamo.reset()  # drop compiled graphs (and their CUDA graph pools)
+        torch.cuda.empty_cache()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+if __name__ == "__main__":
+    main()
