@@ -21,7 +21,9 @@ bp.before_request(require_key)
 
 # Form fields that stay text; the others are read as JSON scalars ("4" -> 4, "true" -> True).
 TEXT_FIELDS = {"app_id", "image", "prompt", "negative_prompt", "inference_type", "ref_id"}
-TEXT_FIELDS |= {"output_format"}
+TEXT_FIELDS |= {"output_format", "webhook"}
+# List fields may repeat (-F f=a -F f=b) or hold one JSON list (-F 'f=["a","b"]').
+LIST_FIELDS = {"webhook_events_filter"}
 
 
 @bp.post("/getImageToImage")
@@ -46,6 +48,10 @@ def form_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name, value in request.form.items():
         fields[name] = value if name in TEXT_FIELDS else _scalar(value)
+    for name in LIST_FIELDS & set(request.form):
+        values = request.form.getlist(name)
+        if len(values) > 1 or not values[0].lstrip().startswith("["):
+            fields[name] = values
     upload = request.files.get("image")
     if upload is not None:
         mime = upload.mimetype if upload.mimetype.startswith("image/") else "image/png"
