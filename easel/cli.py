@@ -9,6 +9,7 @@ import socket
 import sys
 import uuid
 
+from easel.submit import JOB_COMMANDS, add_job_commands, run_job_command
 from shared.models import InferenceType
 
 
@@ -30,19 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = commands.add_parser("dev", help="run Redis, S3, three CPU workers and the API locally")
     dev.add_argument("--port", type=int, default=8000)
 
-    submit = commands.add_parser("submit", help="submit an image-to-image job")
-    submit.add_argument("image", help="an http(s) URL or a local image file")
-    submit.add_argument("--prompt", default="a beautiful painting")
-    submit.add_argument("--app-id", default="tiny-sd")
-    submit.add_argument("--inference-type", default="a10g")
-    submit.add_argument("--batch", type=int, default=1)
-    submit.add_argument("--strength", type=float, default=0.7)
-    submit.add_argument("--seed", type=int)
-    submit.add_argument("--wait", action="store_true", help="wait and print the image URLs")
-    submit.add_argument(
-        "--base-url", default=os.environ.get("EASEL_API_URL", "http://127.0.0.1:8000")
-    )
-    submit.add_argument("--api-key", default=os.environ.get("EASEL_API_KEY"))
+    add_job_commands(commands)  # submit, status, cancel
 
     args = parser.parse_args(argv)
     if args.command == "api":
@@ -54,10 +43,8 @@ def main(argv: list[str] | None = None) -> None:
 
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while starting: all is stopped
             run_dev(args.port)
-    else:
-        from easel.submit import run_submit
-
-        sys.exit(run_submit(args))
+    elif args.command in JOB_COMMANDS:
+        sys.exit(run_job_command(args))
 
 
 def run_api(bind: str, workers: int, threads: int) -> None:

@@ -1,4 +1,4 @@
-"""The command line a user types: `easel dev` serves its printed curl; `easel submit --wait`."""
+"""The command line a user types: `easel dev` serves its printed curl; submit, status, cancel."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from client import Client
 from easel.stack import free_port
-from tests.conftest import API_KEY, png_bytes
+from tests.conftest import API_KEY, data_uri, png_bytes
+from tests.integration.test_sdk import start_blocker
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,63 @@ def test_submit_with_a_bad_key_exits_nonzero(api_url: str, tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"] == "Authorization: unknown API key"
+
+
+def easel(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``easel`` command line as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "easel", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_submit_out_draws_a_progress_bar_and_saves_the_images(api_url: str, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(192, 128))
+    results = tmp_path / "results"
+    result = easel(
+        "submit", str(photo), "--prompt", "a fox", "--batch", "2", "--strength", "1",
+        "--out", str(results), "--base-url", api_url, "--api-key", API_KEY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    task_id = re.search(r"^task (\S+)$", result.stderr, re.M)
+    assert task_id, result.stderr
+    assert "succeeded: 100%" in result.stderr and "10/10" in result.stderr, result.stderr
+    saved = sorted(results.iterdir())
+    assert [p.name for p in saved] == [f"{task_id.group(1)}-0.png", f"{task_id.group(1)}-1.png"]
+    assert all(Image.open(io.BytesIO(p.read_bytes())).size == (192, 128) for p in saved)
+    assert len(result.stdout.split()) == 2  # the image URLs
+
+
+def test_status_and_cancel_print_the_envelope(api_url: str, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(64, 64))
+    connection = ("--base-url", api_url, "--api-key", API_KEY)
+    with Client(api_url, API_KEY) as sdk:
+        blocker = start_blocker(sdk)
+        submitted = easel("submit", str(photo), "--inference-type", "a100", *connection)
+        assert submitted.returncode == 0, submitted.stderr
+        task_id = submitted.stdout.strip()
+        canceled = easel("cancel", task_id, *connection)
+        status = easel("status", task_id, *connection)
+        blocker.cancel()
+    assert canceled.returncode == 0, canceled.stderr
+    assert json.loads(canceled.stdout)["status"] == "CANCELED"
+    assert status.returncode == 0, status.stderr
+    envelope = json.loads(status.stdout)
+    assert (envelope["task_id"], envelope["state"]) == (task_id, "canceled")
+    unknown = easel("status", "no-such-task", *connection)
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout)["error"].startswith("task_id:")
+
+
+def test_waiting_on_a_job_that_fails_exits_nonzero(api_url: str) -> None:
+    connection = ("--base-url", api_url, "--api-key", API_KEY)
+    broken = data_uri(png_bytes(512, 512)[:200])  # a PNG header, then nothing: the worker fails
+    result = easel("submit", broken, "--wait", *connection)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert json.loads(result.stdout)["status"] == "FAILED"
+    assert "ended FAILED: image:" in result.stderr
 
 
 def test_easel_dev_serves_its_printed_curl_and_stops_cleanly(tmp_path: Path) -> None:
