@@ -15,7 +15,7 @@ from api.services import Services
 from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
-from shared.queues import GENERATE_TASK
+from shared.queues import GENERATE_TASK, generate_options
 
 # Magic numbers of the formats a worker will decode; the worker checks again, fully.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
@@ -94,6 +94,7 @@ def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobR
             args=[record.task_id, params.model_dump(mode="json")],
             queue=queue,
             task_id=record.task_id,
+            **generate_options(services.settings),
         )
     except (OperationalError, RedisError) as exc:
         with suppress(RedisError):  # unreachable too: the record simply expires

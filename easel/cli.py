@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="info")
 
+    hooks = commands.add_parser("webhooks", help="deliver webhooks (a Celery worker, no GPU)")
+    hooks.add_argument("--concurrency", type=int, default=16)
+    hooks.add_argument("--loglevel", default="info")
+
     dev = commands.add_parser("dev", help="run Redis, S3, three CPU workers and the API locally")
     dev.add_argument("--port", type=int, default=8000)
 
@@ -38,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         run_api(args.bind, args.workers, args.threads)
     elif args.command == "worker":
         run_worker(InferenceType(args.gpu), args.concurrency, args.loglevel)
+    elif args.command == "webhooks":
+        from worker.webhooks import run_webhook_worker
+
+        run_webhook_worker(args.concurrency, args.loglevel)
     elif args.command == "dev":
         from easel.dev import run_dev
 

@@ -7,6 +7,7 @@ Keys (all under ``easel:``):
     done:<id>          a list the worker pushes to when the job ends; waiters BLPOP it
     cancel:<id>        set when the owner cancels; a running job checks it every step
     queued:<queue>     sorted set of waiting task ids by submit time: queue positions
+    running:<queue>    sorted set of running task ids by start time: what the reaper checks
     durations:<queue>  the last run times on a queue, for ETAs
     owner:<owner>      sorted set of an owner's task ids by submit time: listing
     workers:<queue>    sorted set of live worker names, scored by their last heartbeat
@@ -84,17 +85,29 @@ class JobStore:
             )
         )
 
-    def start(self, task_id: str, mark: Callable[[JobRecord], None]) -> JobRecord | None:
-        """Atomically move a waiting job to running; None if it already ended or was canceled."""
+    def start(self, task_id: str, mark: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """Atomically move a job to running if ``mark`` takes it; None if it already ended,
+        was canceled, or ``mark`` declines (say, because a live worker still runs it)."""
 
         def take(record: JobRecord) -> bool:
-            if record.status.is_terminal:
-                return False
-            mark(record)
-            return True
+            return not record.status.is_terminal and mark(record)
 
         record, taken = self._transition(task_id, take)
         return record if taken else None
+
+    def transition(self, task_id: str, change: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """Apply ``change`` atomically; the new record, or None if ``change`` declined."""
+        record, changed = self._transition(task_id, change)
+        return record if changed else None
+
+    def running(self, queue: str) -> list[str]:
+        """Ids of the jobs that a worker took from this queue and has not finished."""
+        members = _run(partial(self.redis.zrange, key("running", queue), 0, -1))
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    def forget_running(self, queue: str, task_id: str) -> None:
+        """Drop a stale entry of the running index."""
+        _run(partial(self.redis.zrem, key("running", queue), task_id))
 
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, drop its inline image and wake anyone waiting on it."""
@@ -103,6 +116,7 @@ class JobStore:
         pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
         pipe.delete(key("input", task_id), key("cancel", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
+        pipe.zrem(key("running", record.queue), task_id)
         pipe.rpush(key("done", task_id), b"1")
         pipe.expire(key("done", task_id), 300)
         if record.state is JobState.SUCCEEDED and record.started_at and record.finished_at:
@@ -146,6 +160,11 @@ class JobStore:
                     pipe.multi()
                     pipe.set(job, record.model_dump_json(), keepttl=True)
                     pipe.zrem(key("queued", record.queue), task_id)
+                    if record.state is JobState.RUNNING:
+                        pipe.zadd(key("running", record.queue), {task_id: time.time()})
+                    elif record.state is JobState.QUEUED:  # put back by the reaper
+                        pipe.zrem(key("running", record.queue), task_id)
+                        pipe.zadd(key("queued", record.queue), {task_id: record.created_at})
                     pipe.execute()
                     return record, True
                 except redis.WatchError:

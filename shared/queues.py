@@ -13,11 +13,24 @@ from shared.settings import Settings
 GENERATE_TASK = "easel.generate"
 
 
+def visibility_timeout_s(settings: Settings) -> int:
+    """Longer than any job may run (its hard limit), with room to spare."""
+    return max(6 * 3600, 2 * settings.job_hard_time_limit_s)
+
+
+def generate_options(settings: Settings) -> dict[str, Any]:
+    """Per-message options of a generate task: its queue-independent time limits."""
+    return {
+        "soft_time_limit": settings.job_soft_time_limit_s,
+        "time_limit": max(settings.job_hard_time_limit_s, settings.job_soft_time_limit_s + 1),
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for producers and workers alike."""
     transport = {
         # A job must outlive its longest run before Redis redelivers it to another worker.
-        "visibility_timeout": 6 * 3600,
+        "visibility_timeout": visibility_timeout_s(settings),
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
     }
@@ -42,6 +55,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.5,
         },
         "worker_hijack_root_logger": False,
+        # Losing Redis mid-job: stop the job rather than finish into a void; it is
+        # redelivered (acks_late) and the reaper catches what is not.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_send_task_events": False,
         "broker_connection_max_retries": 3,
     }

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_prefix: str = "outputs"
     presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    s3_upload_retry_s: float = Field(default=120.0, ge=0)  # outage an upload rides out
 
     # API keys (shared/keys.py): only HMAC-SHA256(key_hash_secret, key) is stored.
     bootstrap_api_key: SecretStr | None = None
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
     default_max_inflight: int = Field(default=64, ge=1)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     max_attempts: int = Field(default=3, ge=1)  # a job that loses its worker this often fails
+    # Celery time limits for every job (the registry may set its own per model): past the
+    # soft one the job ends FAILED; past the hard one its worker process is killed.
+    job_soft_time_limit_s: int = Field(default=900, ge=1)
+    job_hard_time_limit_s: int = Field(default=960, ge=1)
     sync_wait_s: float = Field(default=60.0, ge=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)

@@ -9,11 +9,20 @@ from typing import Any
 import boto3
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from shared.errors import BackendUnavailable
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Connection trouble, timeouts, throttling and 5xx: worth another try."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or exc.response.get("Error", {}).get("Code") == "SlowDown"
+    return isinstance(exc, BotoCoreError)
 
 
 class Storage:
@@ -23,6 +32,7 @@ class Storage:
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix.strip("/")
         self.expiry_s = settings.presign_expiry_s
+        self.upload_retry_s = settings.s3_upload_retry_s
         self.retention_days = max(1, math.ceil(settings.job_ttl_s / 86400))
         self.client = self._client(settings, settings.s3_endpoint_url)
         # Clients may reach S3 by another address than the servers do (Docker, Kubernetes).
@@ -72,8 +82,27 @@ class Storage:
             log.warning("could not set the bucket's lifecycle rule: %s", exc)
 
     def put(self, key: str, body: bytes, content_type: str) -> None:
-        """Upload one object."""
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        """Upload one object, retrying with backoff while S3 is unreachable or failing.
+
+        botocore's own retries (3 attempts) cover a blip; these cover an outage of up to
+        ``upload_retry_s`` (a restart, a failover). Keys derive from the task id, so a retry
+        overwrites and never duplicates.
+        """
+        for attempt in Retrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential(multiplier=0.25, max=5),
+            stop=stop_after_delay(self.upload_retry_s),
+            before_sleep=lambda state: log.warning(
+                "upload of %s failed (%s); retrying",
+                key,
+                state.outcome and state.outcome.exception(),
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+                )
 
     def get(self, key: str) -> bytes:
         """Download one object."""

@@ -8,8 +8,10 @@ import threading
 from typing import Any
 
 from celery import Celery, signals
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from shared.errors import BackendUnavailable
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import GenerationParams
 from shared.netguard import GuardedHttp, policy_from
@@ -19,6 +21,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
 from worker.pipelines import PipelineCache
+from worker.reaper import Reaper
 from worker.runner import WorkerContext, run_job
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ class WorkerProcess:
                 registry=load_registry(settings.model_registry),
                 jobs=JobStore(client, settings.job_ttl_s),
                 storage=storage,
-                pipelines=PipelineCache(settings),
+                pipelines=PipelineCache(settings, vram_budget_gb=settings.vram_budget_gb),
                 http=GuardedHttp(policy_from(settings)),
                 webhooks=WebhookPublisher(self.app.send_task, settings),
                 name=f"{self.nodename}/{os.getpid()}",
@@ -81,11 +84,13 @@ class WorkerProcess:
             ctx.pipelines.get(ctx.registry.get(app_id))
             log.info("model %s is warm", app_id)
         liveness = WorkerLiveness(ctx.jobs.redis, self.settings.worker_stale_after_s)
+        reaper = Reaper(ctx.jobs, self.settings, self.app.send_task)
         while True:
             try:
                 liveness.beat(self.queue, ctx.name)
-            except RedisError:
-                log.warning("heartbeat failed; retrying")
+                reaper.maybe_sweep()
+            except (RedisError, BackendUnavailable, OperationalError):
+                log.warning("heartbeat or reaper sweep failed; retrying")
             if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
 

@@ -60,6 +60,12 @@ class PipelineCache:
             self._pipes[spec.app_id] = (spec, pipe)
             return pipe, time.perf_counter() - started
 
+    def clear(self) -> None:
+        """Drop every pipeline and free its memory (after CUDA ran out of it)."""
+        with self._lock:
+            self._pipes.clear()
+            release_memory(self.settings.device)
+
     def loaded(self) -> list[str]:
         """The app_ids held now, least recently used first."""
         return list(self._pipes)

@@ -18,13 +18,16 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from shared.errors import JobCanceled, JobError, UnknownTask
-from shared.jobs import JobStore
+from shared.errors import BackendUnavailable, JobCanceled, JobError, UnknownTask
+from shared.jobs import JobStore, WorkerLiveness
 from shared.models import (
     Envelope,
     GenerationParams,
@@ -45,6 +48,7 @@ from worker.images import encode, prepare_image, preview
 from worker.pipelines import PipelineCache, run_img2img
 
 log = logging.getLogger(__name__)
+PERSIST_FOR_S = 300  # how long a final write waits for Redis to come back
 
 
 @dataclass
@@ -60,6 +64,11 @@ class WorkerContext:
     webhooks: WebhookPublisher
     name: str = field(default="worker")
 
+    def live_workers(self) -> set[str]:
+        """The workers heartbeating on this worker's queue now."""
+        liveness = WorkerLiveness(self.jobs.redis, self.settings.worker_stale_after_s)
+        return set(liveness.live(self.settings.queue_for(self.settings.worker_gpu)))
+
     def notify(self, record: JobRecord, event: WebhookEvent) -> None:
         """Queue a webhook event for this job, if it asked for one."""
         if record.webhook is None or event not in record.webhook_events:
@@ -74,29 +83,70 @@ class WorkerContext:
 def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRecord | None:
     """Run one job to a terminal state; None when there is nothing (left) to do."""
     try:
-        record = ctx.jobs.start(task_id, lambda r: mark_running(ctx, r))
+        record = ctx.jobs.start(task_id, lambda r: take(ctx, r))
     except UnknownTask:
         log.warning("job %s has no record (expired?); dropping it", task_id)
         return None
     if record is None:
-        log.info("job %s already ended (or was canceled); not running it", task_id)
+        log.info("job %s ended, was canceled or runs elsewhere; not running it", task_id)
         resend_completed(ctx, task_id)
         return None
-    ctx.notify(record, WebhookEvent.START)
-    try:
-        generate(ctx, record, params)
-    except JobCanceled:
-        record.state, record.error = JobState.CANCELED, "canceled by the client"
-    except JobError as exc:
-        fail(record, str(exc))
-    except Exception as exc:
-        log.exception("job %s failed unexpectedly", task_id)
-        fail(record, f"internal error: {type(exc).__name__}: {exc}")
+    if record.state is JobState.RUNNING:
+        ctx.notify(record, WebhookEvent.START)
+        try:
+            generate(ctx, record, params)
+        except JobCanceled:
+            record.state, record.error = JobState.CANCELED, "canceled by the client"
+        except JobError as exc:
+            fail(record, str(exc))
+        except SoftTimeLimitExceeded:
+            fail(record, "timed out: the job ran past its time limit")
+        except Exception as exc:
+            log.exception("job %s failed unexpectedly", task_id)
+            fail(record, f"internal error: {type(exc).__name__}: {exc}")
+            if is_out_of_memory(exc):
+                ctx.pipelines.clear()  # the next job starts from a clean GPU
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
-    ctx.jobs.finish(record)
+    persist(ctx.jobs.finish, record)
     ctx.notify(record, WebhookEvent.COMPLETED)
     return record
+
+
+def take(ctx: WorkerContext, record: JobRecord) -> bool:
+    """Step 2's decision, inside the atomic start: run the job, fail it, or leave it be.
+
+    A record still marked running is a redelivery. If the worker named on it is alive it is
+    still on the job (Redis redelivered early), so leave it. If that worker is gone, run the
+    job again, unless it has already lost ``max_attempts`` workers: then it ends FAILED
+    rather than take down worker after worker.
+    """
+    if record.state in (JobState.RUNNING, JobState.UPLOADING):
+        if record.worker in ctx.live_workers():
+            return False
+        if record.attempts >= ctx.settings.max_attempts:
+            fail(record, f"worker lost {record.attempts} times while running this job")
+            return True
+    mark_running(ctx, record)
+    return True
+
+
+def persist(write: Callable[[JobRecord], None], record: JobRecord) -> None:
+    """Write a final record, riding out a Redis restart: losing it would strand the job."""
+    for attempt in Retrying(
+        retry=retry_if_exception_type(BackendUnavailable),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(PERSIST_FOR_S),
+        before_sleep=lambda state: log.warning("Redis unreachable; retrying the final write"),
+        reraise=True,
+    ):
+        with attempt:
+            write(record)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError (without importing torch just to check)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def resend_completed(ctx: WorkerContext, task_id: str) -> None:
@@ -126,12 +176,17 @@ class StepReporter:
         self.last_write = 0.0
 
     def __call__(self, step: int, total: int) -> None:
-        if self.ctx.jobs.cancel_requested(self.record.task_id):
+        try:
+            canceled = self.ctx.jobs.cancel_requested(self.record.task_id)
+        except BackendUnavailable:
+            canceled = False  # Redis is restarting: keep going; the final write waits for it
+        if canceled:
             raise JobCanceled("canceled by the client")
         now = time.monotonic()
         if now - self.last_write >= self.min_interval_s or step == total:
             self.record.progress = Progress(step=step, total=total)
-            self.ctx.jobs.save(self.record)
+            with suppress(BackendUnavailable):  # progress may drop
+                self.ctx.jobs.save(self.record)
             self.ctx.notify(self.record, WebhookEvent.PROGRESS)
             self.last_write = now
 
@@ -166,7 +221,8 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
     timings.inference = round(time.perf_counter() - started, 4)
 
     record.state = JobState.UPLOADING
-    ctx.jobs.save(record)
+    with suppress(BackendUnavailable):  # a progress note; the final write is retried
+        ctx.jobs.save(record)
     started = time.perf_counter()
     record.image_keys, record.preview_keys = upload(ctx, record.task_id, images, params)
     timings.upload = round(time.perf_counter() - started, 4)

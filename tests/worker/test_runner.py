@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.jobs import JobStore, connect_redis
+from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
 from shared.netguard import GuardedHttp, policy_from
 from shared.registry import load_registry
@@ -145,3 +145,35 @@ def test_redelivered_finished_job_queues_its_completed_webhook_again(ctx: Worker
     assert run_job(ctx, job.task_id, job.params) is None
     after = [args[1] for _, args, _, _ in published if job.task_id in args[1]]
     assert after == [*before, f"msg_{job.task_id}_completed"]  # same id: receivers dedupe
+
+
+def as_if_running_on(ctx: WorkerContext, job: JobRecord, worker: str, attempts: int) -> None:
+    record = ctx.jobs.get(job.task_id)
+    record.state, record.worker, record.attempts = JobState.RUNNING, worker, attempts
+    ctx.jobs.save(record)
+
+
+def test_a_redelivery_never_runs_a_job_its_live_worker_still_holds(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=1)
+    queue = ctx.settings.queue_for(ctx.settings.worker_gpu)
+    WorkerLiveness(ctx.jobs.redis, ctx.settings.worker_stale_after_s).beat(queue, "alive/7")
+    as_if_running_on(ctx, job, "alive/7", attempts=1)
+    assert run_job(ctx, job.task_id, job.params) is None
+    record = ctx.jobs.get(job.task_id)
+    assert (record.state, record.worker, record.attempts) == (JobState.RUNNING, "alive/7", 1)
+
+
+def test_a_job_that_keeps_losing_its_worker_ends_failed(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=1)
+    as_if_running_on(ctx, job, "gone/8", attempts=ctx.settings.max_attempts)
+    done = run_job(ctx, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.FAILED
+    assert done.error == f"worker lost {ctx.settings.max_attempts} times while running this job"
+    assert stored_keys(ctx, job.task_id) == []  # it did not run again
+
+
+def test_a_dead_workers_job_runs_again_with_attempts_left(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=1)
+    as_if_running_on(ctx, job, "gone/9", attempts=1)
+    done = run_job(ctx, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 2

@@ -1,0 +1,94 @@
+"""Orphaned jobs on real Redis: the reaper requeues or fails them, and a redelivery never
+runs a job that a live worker still holds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.models import JobRecord, JobState
+from shared.queues import GENERATE_TASK
+from shared.settings import Settings
+from tests.conftest import job_record
+from worker.reaper import Reaper
+
+QUEUE = "reapertest.a10g"
+
+
+class Sent(list[tuple[str, dict[str, Any]]]):
+    def __call__(self, name: str, **options: Any) -> None:
+        self.append((name, options))
+
+
+@pytest.fixture
+def settings(stack_settings: Settings) -> Settings:
+    return stack_settings.model_copy(
+        update={"queues": {**stack_settings.queues, "a10g": QUEUE}, "max_attempts": 2}
+    )
+
+
+@pytest.fixture
+def jobs(settings: Settings) -> JobStore:
+    return JobStore(connect_redis(settings), settings.job_ttl_s)
+
+
+def running_job(jobs: JobStore, worker: str, attempts: int = 1, age_s: float = 60) -> JobRecord:
+    record = job_record(str(uuid.uuid4()))
+    record.queue = QUEUE
+    jobs.create(record)
+
+    def start(r: JobRecord) -> bool:
+        r.state, r.worker, r.attempts = JobState.RUNNING, worker, attempts
+        r.started_at = time.time() - age_s
+        return True
+
+    taken = jobs.start(record.task_id, start)
+    assert taken is not None and record.task_id in jobs.running(QUEUE)
+    return taken
+
+
+def test_a_job_whose_worker_died_is_queued_again(jobs: JobStore, settings: Settings) -> None:
+    job = running_job(jobs, "dead-worker/1")
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == [job.task_id]
+    record = jobs.get(job.task_id)
+    assert record.state is JobState.QUEUED and record.worker is None
+    assert job.task_id not in jobs.running(QUEUE)
+    assert jobs.queue_position(record) is not None  # counted among the waiting again
+    ((name, options),) = sent
+    assert name == GENERATE_TASK
+    assert options["task_id"] == job.task_id and options["queue"] == QUEUE
+    assert options["time_limit"] > options["soft_time_limit"]
+
+
+def test_a_job_that_lost_its_workers_too_often_fails(jobs: JobStore, settings: Settings) -> None:
+    job = running_job(jobs, "dead-worker/2", attempts=2)
+    sent = Sent()
+    Reaper(jobs, settings, sent).sweep()
+    record = jobs.get(job.task_id)
+    assert record.state is JobState.FAILED
+    assert record.error == "worker lost 2 times while running this job"
+    assert sent == []
+
+
+def test_live_workers_and_fresh_starts_are_left_alone(jobs: JobStore, settings: Settings) -> None:
+    WorkerLiveness(jobs.redis, settings.worker_stale_after_s).beat(QUEUE, "live-worker/3")
+    on_live = running_job(jobs, "live-worker/3")
+    just_started = running_job(jobs, "dead-worker/4", age_s=0)
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == []
+    assert jobs.get(on_live.task_id).state is JobState.RUNNING
+    assert jobs.get(just_started.task_id).state is JobState.RUNNING
+    assert sent == []
+
+
+def test_only_one_process_sweeps_per_interval(jobs: JobStore, settings: Settings) -> None:
+    running_job(jobs, "dead-worker/5")
+    first, second = Reaper(jobs, settings, Sent()), Reaper(jobs, settings, Sent())
+    jobs.redis.delete(f"easel:reaper:{QUEUE}")
+    assert first.maybe_sweep()
+    assert second.maybe_sweep() == []  # the lock is held for the interval
