@@ -1,4 +1,8 @@
-"""Bearer API keys; each request learns which owner it acts for."""
+"""Bearer API keys; each request learns which key, and so which owner, it acts for.
+
+A key is checked on every request, against Redis, so a revoked key is refused at once;
+the result is kept only on ``flask.g``, for the rest of that one request.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,68 @@ from flask import g, request
 
 from api.services import get_services
 from shared.errors import Unauthorized
+from shared.keys import BOOTSTRAP_ID, KEY_PREFIX, KeyRecord, KeyStore
+from shared.settings import Settings
 
 
 def owner_id(key: str) -> str:
-    """A stable, non-secret id for a key, stored on the jobs it creates."""
+    """The owner id of the bootstrap key: stable for a given key, and not secret."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def key_store() -> KeyStore:
+    """The API keys of this app's Redis."""
+    services = get_services()
+    return KeyStore(services.jobs.redis, services.settings)
+
+
+def authenticate() -> KeyRecord:
+    """The key of this request, checked once per request; Unauthorized if none is valid."""
+    known: KeyRecord | None = g.get("api_key")
+    if known is not None:
+        return known
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    sent = sent.strip()
+    if scheme.lower() != "bearer" or not sent:
+        raise Unauthorized("Authorization: send the header 'Authorization: Bearer <key>'")
+    record = bootstrap_key(sent, get_services().settings)
+    if record is None and sent.startswith(KEY_PREFIX):
+        record = key_store().lookup(sent)
+    if record is None:
+        raise Unauthorized("Authorization: unknown API key")
+    if record.revoked:
+        raise Unauthorized("Authorization: this API key was revoked")
+    g.api_key = record
+    return record
+
+
+def bootstrap_key(sent: str, settings: Settings) -> KeyRecord | None:
+    """``EASEL_BOOTSTRAP_API_KEY`` as an implicit key with the default limits, if it matches.
+
+    Its owner stays ``owner_id(key)``, as before stored keys existed, so its jobs stay
+    visible across upgrades and a rotated bootstrap key does not inherit the old one's."""
+    expected = settings.bootstrap_api_key
+    if expected is None or not hmac.compare_digest(
+        sent.encode(), expected.get_secret_value().encode()
+    ):
+        return None
+    return KeyRecord(
+        id=BOOTSTRAP_ID, name="EASEL_BOOTSTRAP_API_KEY", owner=owner_id(sent),
+        rate=settings.default_rate_limit, max_inflight=settings.default_max_inflight,
+        created_at=0.0,
+    )  # fmt: skip
 
 
 def require_key() -> None:
     """Reject the request unless it carries a valid key (a Blueprint ``before_request``)."""
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("Authorization: send the header 'Authorization: Bearer <key>'")
-    expected = get_services().settings.bootstrap_api_key
-    if expected is None or not hmac.compare_digest(
-        key.strip().encode(), expected.get_secret_value().encode()
-    ):
-        raise Unauthorized("Authorization: unknown API key")
-    g.owner = owner_id(key.strip())
+    authenticate()
+
+
+def current_key() -> KeyRecord:
+    """The key of the authenticated request."""
+    return authenticate()
 
 
 def current_owner() -> str:
-    """The owner id of the authenticated request."""
-    owner: str = g.owner
-    return owner
+    """The owner id of the authenticated request: the key's id (see ``bootstrap_key``)."""
+    return authenticate().owner

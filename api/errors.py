@@ -7,9 +7,12 @@ import math
 from typing import Any
 
 from flask import Flask, Response
+from flask_limiter import RateLimitExceeded
+from limits.errors import StorageError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from api.limits import limiter_error
 from shared.errors import EaselError, InvalidRequest, TooManyRequests
 from shared.models import Envelope
 
@@ -44,6 +47,11 @@ def init_app(app: Flask) -> None:
         if isinstance(exc, TooManyRequests) and exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return json_response(Envelope.for_error(exc.message, exc.data), exc.status_code, headers)
+
+    @app.errorhandler(RateLimitExceeded)
+    @app.errorhandler(StorageError)
+    def _limiter(exc: RateLimitExceeded | StorageError) -> Response:
+        return _easel(limiter_error(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

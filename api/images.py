@@ -9,10 +9,10 @@ from typing import Any
 from flask import Blueprint, Response, request
 from pydantic import ValidationError
 
-from api.auth import current_owner, require_key
+from api.auth import current_key, require_key
 from api.envelopes import job_response
 from api.errors import invalid_request
-from api.jobs import submit
+from api.idempotency import submit_once
 from api.services import get_services
 from shared.models import ImageToImageRequest
 
@@ -37,7 +37,7 @@ def get_image_to_image() -> Response:
     except ValidationError as exc:
         raise invalid_request(exc) from None
     services = get_services()
-    record = submit(services, body, current_owner())
+    record = submit_once(services, body, current_key(), request.headers.get("Idempotency-Key"))
     if not body.celery:
         record = services.jobs.wait(record.task_id, services.settings.sync_wait_s)
     return job_response(services, record)

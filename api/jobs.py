@@ -12,13 +12,15 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from api.services import Services
-from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker
+from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker, TooManyRequests
+from shared.keys import InflightCap
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
 from shared.queues import GENERATE_TASK, generate_options
 
 # Magic numbers of the formats a worker will decode; the worker checks again, fully.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+INFLIGHT_RETRY_S = 5.0  # a hint: jobs take seconds, and we cannot know which ends first
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -48,14 +50,29 @@ def check_webhook(services: Services, url: str) -> None:
         raise _field_error("webhook", "ssrf", str(exc)) from None
 
 
+def admit_inflight(services: Services, record: JobRecord, cap: int) -> None:
+    """Count the job against its owner's cap (JobStore.finish counts it out), or refuse it."""
+    cap_store = InflightCap(services.jobs.redis, services.settings.job_ttl_s)
+    if cap_store.admit(record.owner, record.task_id, cap, record.created_at) is not None:
+        raise TooManyRequests(
+            f"max_inflight: this API key already has {cap} jobs queued or running, its cap; "
+            "submit again when one ends",
+            retry_after_s=INFLIGHT_RETRY_S,
+            data={"max_inflight": cap},
+        )
+
+
 def _field_error(field: str, rule: str, reason: str) -> InvalidRequest:
     return InvalidRequest(
         f"{field}: {reason}", {"errors": [{"field": field, "rule": rule, "message": reason}]}
     )
 
 
-def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobRecord:
-    """Record a job and publish it to its GPU class's queue; raise if nobody can run it."""
+def submit(
+    services: Services, request: ImageToImageRequest, owner: str, max_inflight: int | None = None
+) -> JobRecord:
+    """Record a job and publish it to its GPU class's queue; raise if nobody can run it, or
+    if ``owner`` already has ``max_inflight`` jobs queued or running."""
     services.registry.check_runnable(request.app_id, request.inference_type)
     if request.webhook is not None:
         check_webhook(services, request.webhook)
@@ -87,6 +104,8 @@ def submit(services: Services, request: ImageToImageRequest, owner: str) -> JobR
         webhook=request.webhook,
         webhook_events=request.webhook_events_filter if request.webhook else [],
     )
+    if max_inflight is not None:
+        admit_inflight(services, record, max_inflight)
     services.jobs.create(record, image)
     try:
         services.celery.send_task(

@@ -9,6 +9,7 @@ import socket
 import sys
 import uuid
 
+from easel.keys import add_key_commands, run_key_command
 from easel.submit import JOB_COMMANDS, add_job_commands, run_job_command
 from shared.models import InferenceType
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     dev.add_argument("--port", type=int, default=8000)
 
     add_job_commands(commands)  # submit, status, cancel
+    add_key_commands(commands)  # keys create, list, revoke
 
     args = parser.parse_args(argv)
     if args.command == "api":
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
 
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while starting: all is stopped
             run_dev(args.port)
+    elif args.command == "keys":
+        sys.exit(run_key_command(args))
     elif args.command in JOB_COMMANDS:
         sys.exit(run_job_command(args))
 

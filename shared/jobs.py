@@ -10,6 +10,7 @@ Keys (all under ``easel:``):
     running:<queue>    sorted set of running task ids by start time: what the reaper checks
     durations:<queue>  the last run times on a queue, for ETAs
     owner:<owner>      sorted set of an owner's task ids by submit time: listing
+    inflight:<owner>   an owner's unfinished task ids: the in-flight cap (shared/keys.py)
     workers:<queue>    sorted set of live worker names, scored by their last heartbeat
 """
 
@@ -116,6 +117,7 @@ class JobStore:
         pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
         pipe.delete(key("input", task_id), key("cancel", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
+        pipe.zrem(key("inflight", record.owner), task_id)  # its cap slot: shared/keys.py
         pipe.zrem(key("running", record.queue), task_id)
         pipe.rpush(key("done", task_id), b"1")
         pipe.expire(key("done", task_id), 300)
@@ -226,6 +228,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(key("job", task_id), key("input", task_id), key("tomb", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
+        pipe.zrem(key("inflight", record.owner), task_id)
         pipe.zrem(key("owner", record.owner), task_id)
         pipe.execute()
 

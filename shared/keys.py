@@ -1,0 +1,168 @@
+"""API keys and the per-key in-flight cap, in Redis. A key itself is never stored.
+
+A key is ``esl_`` plus 43 URL-safe characters, shown once when it is created. Redis holds
+only HMAC-SHA256(``EASEL_KEY_HASH_SECRET``, key): a leaked dump cannot be replayed, and
+without the secret it cannot even be brute-forced offline.
+
+Keys (all under ``easel:``, spelled by ``shared.jobs.key``):
+    apikey:<hash>      the KeyRecord as JSON, found by the hash of the key a request sends
+    apikeyid:<id>      the hash of key <id>, for revoking by id
+    apikeys            sorted set of key ids by creation time, for listing
+    inflight:<owner>   sorted set of an owner's unfinished task ids by submit time; an entry
+                       leaves when its job ends (JobStore.finish) or when it is older than
+                       the job TTL (its record expired, so nothing will ever finish it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from functools import partial
+from typing import cast
+
+import redis
+from limits import parse_many
+from pydantic import BaseModel, Field, field_validator
+
+from shared.jobs import _run, key
+from shared.settings import Settings
+
+KEY_PREFIX = "esl_"
+BOOTSTRAP_ID = "bootstrap"
+
+# Atomically: forget entries older than the job TTL, refuse past the cap, else add.
+ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local count = redis.call('ZCARD', KEYS[1])
+if count >= tonumber(ARGV[3]) then return count end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return -1
+"""
+
+
+class UnknownKeyId(LookupError):
+    """No key has this id."""
+
+
+class KeyRecord(BaseModel):
+    """What Easel knows about one API key; ``owner`` is stored on the jobs it creates."""
+
+    id: str
+    name: str
+    owner: str  # the key id, except for the bootstrap key (see api/auth.py)
+    rate: str  # Flask-Limiter syntax, e.g. "60/minute"
+    max_inflight: int = Field(ge=1)
+    created_at: float
+    revoked_at: float | None = None
+    key_hash: str = ""  # hex HMAC-SHA256 of the key; empty for the bootstrap key
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_parses(cls, value: str) -> str:
+        """Refuse a rate Flask-Limiter could not read (it would silently skip it)."""
+        if not parse_many(value):
+            raise ValueError(f"no rate in {value!r}")
+        return value
+
+    @property
+    def revoked(self) -> bool:
+        """Whether requests with this key are refused."""
+        return self.revoked_at is not None
+
+
+def new_key() -> str:
+    """A fresh secret API key."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyStore:
+    """Creates, finds, lists and revokes API keys; stores only their keyed hashes."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self._secret = settings.key_hash_secret.get_secret_value().encode()
+
+    def hash(self, api_key: str) -> str:
+        """HMAC-SHA256 of a key under the server's secret, as hex."""
+        return hmac.new(self._secret, api_key.encode(), hashlib.sha256).hexdigest()
+
+    def create(self, name: str, rate: str, max_inflight: int) -> tuple[str, KeyRecord]:
+        """Make a key; the returned secret is the only copy there will ever be."""
+        api_key, key_id = new_key(), secrets.token_hex(6)
+        digest = self.hash(api_key)
+        record = KeyRecord(
+            id=key_id, name=name, owner=key_id, rate=rate, max_inflight=max_inflight,
+            created_at=time.time(), key_hash=digest,
+        )  # fmt: skip
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key("apikey", digest), record.model_dump_json())
+        pipe.set(key("apikeyid", key_id), digest)
+        pipe.zadd(key("apikeys", "all"), {key_id: record.created_at})
+        _run(pipe.execute)
+        return api_key, record
+
+    def lookup(self, api_key: str) -> KeyRecord | None:
+        """The record of a key (revoked ones included), or None if no such key exists."""
+        digest = self.hash(api_key)
+        raw = _run(partial(self.redis.get, key("apikey", digest)))
+        if raw is None:
+            return None
+        record = KeyRecord.model_validate_json(raw)
+        # Found by its hash already; compare anyway, in constant time, so that a record
+        # filed under the wrong index entry can never authenticate.
+        if not hmac.compare_digest(record.key_hash.encode(), digest.encode()):
+            return None
+        return record
+
+    def get(self, key_id: str) -> KeyRecord:
+        """The record of a key by its id; UnknownKeyId if there is none."""
+        digest = _run(partial(self.redis.get, key("apikeyid", key_id)))
+        raw = (
+            None if digest is None else _run(partial(self.redis.get, key("apikey", _text(digest))))
+        )
+        if raw is None:
+            raise UnknownKeyId(f"no API key with id {key_id!r}")
+        return KeyRecord.model_validate_json(raw)
+
+    def all_keys(self) -> list[KeyRecord]:
+        """Every key, oldest first (never the keys themselves: Easel does not have them)."""
+        ids = cast(list[bytes], _run(partial(self.redis.zrange, key("apikeys", "all"), 0, -1)))
+        return [self.get(key_id.decode()) for key_id in ids]
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Refuse a key from now on; revoking twice keeps the first time."""
+        record = self.get(key_id)
+        if record.revoked_at is None:
+            record.revoked_at = time.time()
+            _run(partial(self.redis.set, key("apikey", record.key_hash), record.model_dump_json()))
+        return record
+
+
+class InflightCap:
+    """Counts each owner's unfinished jobs, so that a key cannot hold more than its cap."""
+
+    def __init__(self, client: redis.Redis, job_ttl_s: int) -> None:
+        self.redis = client
+        self.job_ttl_s = job_ttl_s
+        self._admit = client.register_script(ADMIT)
+
+    def admit(self, owner: str, task_id: str, cap: int, now: float) -> int | None:
+        """Count a new job in; None if admitted, else how many are in flight already."""
+        args: list[float | int | str] = [now, now - self.job_ttl_s, cap, task_id, self.job_ttl_s]
+        count = cast(int, _run(partial(self._admit, keys=[key("inflight", owner)], args=args)))
+        return None if count < 0 else count
+
+    def release(self, owner: str, task_id: str) -> None:
+        """Count a job out (JobStore.finish does the same inside its own transaction)."""
+        _run(partial(self.redis.zrem, key("inflight", owner), task_id))
+
+    def count(self, owner: str) -> int:
+        """How many of an owner's jobs are counted in flight now."""
+        return _run(partial(self.redis.zcard, key("inflight", owner)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,88 @@
+"""`easel keys create|list|revoke` in-process, against the session's Valkey: the key is
+printed once and works; listing never shows it; revoking refuses it on the next request."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+import pytest
+
+from api import create_app
+from easel.cli import main
+from tests.conftest import settings_from
+
+
+@pytest.fixture(autouse=True)
+def stack_environment(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI reads EASEL_* from the environment, as a user's shell would give them."""
+    for name in list(os.environ):
+        if name.startswith("EASEL_"):
+            monkeypatch.delenv(name)
+    for name, value in stack_env.items():
+        monkeypatch.setenv(name, value)
+
+
+def easel(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``easel ARGV``; its exit status, stdout and stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_create_prints_a_working_key_once_list_never_shows_it_revoke_refuses_it(
+    capsys: pytest.CaptureFixture[str], stack_env: dict[str, str]
+) -> None:
+    name = f"cli-{secrets.token_hex(4)}"
+    status, out, err = easel(capsys, "keys", "create", "--name", name, "--rate", "30/minute",
+                             "--max-inflight", "3")  # fmt: skip
+    assert status == 0
+    (api_key,) = out.split()  # stdout carries the key and nothing else
+    assert api_key.startswith("esl_")
+    key_id = err.split()[2]
+    assert f"created key {key_id} ({name}, 30/minute, at most 3 in flight)" in err
+
+    http = create_app(settings_from(stack_env)).test_client()
+    headers = {"Authorization": f"Bearer {api_key}"}
+    assert http.get("/tasks", headers=headers).status_code == 200
+
+    for listing in (["keys", "list"], ["keys", "list", "--json"]):
+        status, out, _ = easel(capsys, *listing)
+        assert status == 0 and api_key not in out and api_key[4:] not in out
+        assert key_id in out and name in out
+    status, out, _ = easel(capsys, "keys", "list", "--json")
+    (mine,) = [json.loads(line) for line in out.splitlines() if json.loads(line)["id"] == key_id]
+    assert (mine["rate"], mine["max_inflight"], mine["revoked_at"]) == ("30/minute", 3, None)
+    assert "key_hash" not in mine
+
+    status, out, _ = easel(capsys, "keys", "revoke", key_id)
+    assert status == 0 and out.startswith(f"revoked {key_id} ({name}) at ")
+    assert http.get("/tasks", headers=headers).status_code == 401
+    status, out, _ = easel(capsys, "keys", "list")
+    (row,) = [line for line in out.splitlines() if line.startswith(key_id)]
+    assert row.split()[-1] != "-"  # the REVOKED column has a time
+
+
+def test_revoking_an_unknown_id_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = easel(capsys, "keys", "revoke", "no-such-id")
+    assert status == 1
+    assert "no API key with id 'no-such-id'" in err
+
+
+def test_a_rate_that_does_not_parse_exits_2_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = f"bad-{secrets.token_hex(4)}"
+    status, out, err = easel(capsys, "keys", "create", "--name", name, "--rate", "lots")
+    assert (status, out) == (2, "")
+    assert "rate" in err
+    _, listing, _ = easel(capsys, "keys", "list")
+    assert name not in listing
+
+
+def test_defaults_come_from_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = easel(capsys, "keys", "create", "--name", "defaults")
+    assert status == 0
+    assert "(defaults, 600/minute, at most 64 in flight)" in err

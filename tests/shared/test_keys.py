@@ -1,0 +1,160 @@
+"""API keys on a real Valkey: only keyed hashes are stored; revoke and list; the in-flight cap."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+import redis
+
+from shared.jobs import JobStore, connect_redis, key
+from shared.keys import KEY_PREFIX, InflightCap, KeyRecord, KeyStore, UnknownKeyId
+from shared.settings import Settings
+from tests.conftest import job_record, settings_from
+
+
+@pytest.fixture
+def client(stack_settings: Settings) -> redis.Redis:
+    return connect_redis(stack_settings)
+
+
+@pytest.fixture
+def store(client: redis.Redis, stack_settings: Settings) -> KeyStore:
+    return KeyStore(client, stack_settings)
+
+
+def every_byte_in(client: redis.Redis) -> bytes:
+    """Every key name and every value in the server, whatever its type, concatenated."""
+    seen = bytearray()
+    for name in client.scan_iter(count=1000):
+        seen += name
+        kind = client.type(name)
+        if kind == b"string":
+            seen += client.get(name) or b""
+        elif kind == b"hash":
+            for field, value in client.hgetall(name).items():
+                seen += field + value
+        elif kind == b"list":
+            seen += b"".join(client.lrange(name, 0, -1))
+        elif kind == b"set":
+            seen += b"".join(client.smembers(name))
+        elif kind == b"zset":
+            seen += b"".join(client.zrange(name, 0, -1))
+    return bytes(seen)
+
+
+def test_created_key_is_found_by_itself_and_has_the_documented_shape(store: KeyStore) -> None:
+    api_key, record = store.create("alice", "60/minute", 8)
+    assert api_key.startswith(KEY_PREFIX) and len(api_key) == len(KEY_PREFIX) + 43
+    assert record.owner == record.id and len(record.id) == 12
+    assert store.lookup(api_key) == record
+    assert store.lookup(api_key + "x") is None
+    assert (record.rate, record.max_inflight, record.revoked_at) == ("60/minute", 8, None)
+
+
+def test_only_a_keyed_hash_is_stored(store: KeyStore, client: redis.Redis) -> None:
+    api_key, record = store.create("hash-only", "60/minute", 8)
+    everything = every_byte_in(client)
+    assert api_key.encode() not in everything
+    assert api_key[len(KEY_PREFIX) :].encode() not in everything  # nor its random part
+    assert record.key_hash.encode() in everything  # the HMAC is what is kept
+
+
+def test_the_hash_depends_on_the_server_secret(
+    store: KeyStore, client: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    api_key, _ = store.create("secret", "60/minute", 8)
+    other = KeyStore(client, settings_from(stack_env, key_hash_secret="another-secret"))
+    assert other.lookup(api_key) is None
+
+
+def test_a_record_filed_under_another_hash_does_not_authenticate(
+    store: KeyStore, client: redis.Redis
+) -> None:
+    api_key, _ = store.create("victim", "60/minute", 8)
+    _, forged = store.create("forger", "60/minute", 8)
+    # Index entry for api_key now points at a record whose own hash differs.
+    client.set(key("apikey", store.hash(api_key)), forged.model_dump_json())
+    assert store.lookup(api_key) is None
+
+
+def test_revoked_key_is_found_as_revoked_and_revoking_twice_keeps_the_time(
+    store: KeyStore,
+) -> None:
+    api_key, record = store.create("to-revoke", "60/minute", 8)
+    revoked = store.revoke(record.id)
+    assert revoked.revoked_at is not None
+    found = store.lookup(api_key)
+    assert found is not None and found.revoked
+    assert store.revoke(record.id).revoked_at == revoked.revoked_at
+
+
+def test_unknown_id_cannot_be_revoked(store: KeyStore) -> None:
+    with pytest.raises(UnknownKeyId):
+        store.revoke("no-such-id")
+
+
+def test_list_shows_every_key_oldest_first_with_its_revocation(store: KeyStore) -> None:
+    tag = secrets.token_hex(4)
+    _, first = store.create(f"first-{tag}", "60/minute", 8)
+    _, second = store.create(f"second-{tag}", "5/second", 2)
+    store.revoke(first.id)
+    mine = [r for r in store.all_keys() if r.name.endswith(tag)]
+    assert [r.id for r in mine] == [first.id, second.id]
+    assert mine[0].revoked and not mine[1].revoked
+    assert (mine[1].rate, mine[1].max_inflight) == ("5/second", 2)
+
+
+@pytest.mark.parametrize("rate", ["", "sixty a minute", "60/fortnight"])
+def test_a_rate_flask_limiter_cannot_read_is_refused(store: KeyStore, rate: str) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        store.create("bad-rate", rate, 8)
+
+
+def test_bootstrap_like_records_need_no_hash() -> None:
+    record = KeyRecord(
+        id="bootstrap", name="b", owner="0123456789abcdef", rate="600/minute",
+        max_inflight=64, created_at=0.0,
+    )  # fmt: skip
+    assert record.key_hash == "" and not record.revoked
+
+
+def test_inflight_cap_admits_up_to_the_cap_and_release_frees_a_slot(
+    client: redis.Redis, stack_settings: Settings
+) -> None:
+    cap, owner, now = (
+        InflightCap(client, stack_settings.job_ttl_s),
+        secrets.token_hex(6),
+        time.time(),
+    )
+    assert cap.admit(owner, "a", 2, now) is None
+    assert cap.admit(owner, "b", 2, now) is None
+    assert cap.admit(owner, "c", 2, now) == 2
+    cap.release(owner, "a")
+    assert cap.admit(owner, "c", 2, now) is None
+    assert cap.count(owner) == 2
+
+
+def test_entries_older_than_the_job_ttl_no_longer_count(
+    client: redis.Redis, stack_settings: Settings
+) -> None:
+    ttl_s = 60
+    cap, owner, now = InflightCap(client, ttl_s), secrets.token_hex(6), time.time()
+    assert cap.admit(owner, "expired-long-ago", 1, now - ttl_s - 1) is None
+    assert cap.admit(owner, "fresh", 1, now) is None  # the stale one was pruned
+    assert cap.count(owner) == 1
+
+
+def test_job_store_finish_and_discard_release_the_slot(
+    client: redis.Redis, stack_settings: Settings
+) -> None:
+    jobs = JobStore(client, stack_settings.job_ttl_s)
+    cap, owner = InflightCap(client, stack_settings.job_ttl_s), secrets.token_hex(6)
+    for name in ("finished", "discarded"):
+        record = job_record(f"{name}-{owner}", owner=owner)
+        assert cap.admit(owner, record.task_id, 5, record.created_at) is None
+        jobs.create(record)
+    jobs.cancel(f"finished-{owner}")  # a queued job canceled: finished at once
+    jobs.discard(job_record(f"discarded-{owner}", owner=owner))
+    assert cap.count(owner) == 0
