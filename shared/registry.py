@@ -17,6 +17,7 @@ from shared.models import AppInfo, InferenceType
 class ModelFamily(StrEnum):
     SD = "sd"
     SDXL = "sdxl"
+    LOADTEST = "loadtest"  # benchmark backend (worker/loadtest.py): no model, no torch
 
 
 CompileMode = Literal["max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune", "default"]
@@ -39,6 +40,7 @@ class ModelSpec(BaseModel):
     compile_mode: CompileMode = "max-autotune-no-cudagraphs"
     compile_sizes: list[tuple[int, int]] = Field(default_factory=list)
     vram_gb: float = Field(default=0.0, ge=0)
+    step_seconds: float = Field(default=0.0, ge=0, le=60)  # loadtest family: sleep per step
 
     @model_validator(mode="after")
     def _compile_needs_sizes(self) -> ModelSpec:

@@ -75,9 +75,9 @@ class WorkerProcess:
 
     def _warm_then_beat(self) -> None:
         ctx = self.ctx
-        import torch
+        if self.settings.torch_threads:  # only then: a loadtest-only worker never imports torch
+            import torch
 
-        if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         ctx.storage.ensure_bucket()
         for app_id in self.settings.warm_models:

@@ -39,12 +39,13 @@ from shared.models import (
     WebhookEvent,
 )
 from shared.netguard import GuardedHttp
-from shared.registry import Registry
+from shared.registry import ModelFamily, Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
 from worker.fetch import fetch_image
 from worker.images import encode, prepare_image, preview
+from worker.loadtest import run_loadtest
 from worker.pipelines import PipelineCache, run_img2img
 
 log = logging.getLogger(__name__)
@@ -212,12 +213,16 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
         )
     image = prepare_image(data, spec.family, params.width, params.height)
 
-    pipe, timings.load = ctx.pipelines.get(spec)
-
     first = params.seed if params.seed is not None else secrets.randbelow(2**31)
     seeds = [first + i for i in range(params.batch)]
-    started = time.perf_counter()
-    images = run_img2img(pipe, spec, image, params, seeds, StepReporter(ctx, record))
+    if spec.family == ModelFamily.LOADTEST:  # the benchmark backend: no model, no torch
+        timings.load = 0.0
+        started = time.perf_counter()
+        images = run_loadtest(spec, params, seeds, StepReporter(ctx, record))
+    else:
+        pipe, timings.load = ctx.pipelines.get(spec)
+        started = time.perf_counter()
+        images = run_img2img(pipe, spec, image, params, seeds, StepReporter(ctx, record))
     timings.inference = round(time.perf_counter() - started, 4)
 
     record.state = JobState.UPLOADING
