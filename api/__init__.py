@@ -9,7 +9,19 @@ from shared.settings import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API; settings come from ``EASEL_*`` variables unless given."""
-    from api import apps, errors, health, images, limits, openapi, playground, services, tasks
+    from api import (
+        apps,
+        errors,
+        health,
+        images,
+        limits,
+        logs,
+        metrics,
+        openapi,
+        playground,
+        services,
+        tasks,
+    )
 
     settings = settings or Settings()
     app = Flask(__name__)
@@ -17,6 +29,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     services.init_app(app, settings)
     errors.init_app(app)
     limits.init_app(app, settings)
+    metrics.init_app(app)
+    logs.init_app(app)
     for module in (images, tasks, apps, health, openapi, playground):
         app.register_blueprint(module.bp)
     return app

@@ -11,9 +11,11 @@ from contextlib import suppress
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from api.metrics import count_job
 from api.services import Services
 from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker, TooManyRequests
 from shared.keys import InflightCap
+from shared.logs import bind_task_id
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
 from shared.queues import GENERATE_TASK, generate_options
@@ -104,6 +106,7 @@ def submit(
         webhook=request.webhook,
         webhook_events=request.webhook_events_filter if request.webhook else [],
     )
+    bind_task_id(record.task_id)  # the request's log lines from here on carry it
     if max_inflight is not None:
         admit_inflight(services, record, max_inflight)
     services.jobs.create(record, image)
@@ -119,4 +122,5 @@ def submit(
         with suppress(RedisError):  # unreachable too: the record simply expires
             services.jobs.discard(record)
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc
+    count_job(record)
     return record

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.auth import current_owner, require_key
 from api.envelopes import envelope_for, job_response
 from api.errors import invalid_request
+from api.metrics import count_job
 from api.services import get_services
 from shared.errors import UnknownTask
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
@@ -86,6 +87,7 @@ def cancel_task(task_id: str) -> Response:
     if before.state is JobState.QUEUED and record.state is JobState.CANCELED:
         # It never reaches a worker, so its completed webhook starts here.
         services.webhooks.publish(record, WebhookEvent.COMPLETED, envelope_for(services, record))
+        count_job(record)
     return job_response(services, record, status=200)
 
 

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_api(bind: str, workers: int, threads: int) -> None:
     """Replace this process with gunicorn serving ``api.create_app()``."""
+    from shared.metrics import use_multiprocess_dir
+
+    use_multiprocess_dir("api")  # gunicorn's workers inherit it: one /metrics sums them all
     argv = [
         sys.executable,
         "-m",
@@ -75,8 +78,8 @@ def run_api(bind: str, workers: int, threads: int) -> None:
         str(threads),  # sync requests wait on Redis, not on the CPU
         "--timeout",
         "120",
-        "--access-logfile",
-        "-",
+        "--config",
+        "python:api.gunicorn_conf",  # JSON logs; one access line per request from api/logs.py
         "api:create_app()",
     ]
     os.execv(sys.executable, argv)

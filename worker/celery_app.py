@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from shared.errors import BackendUnavailable
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.logs import configure_logging, task_context
 from shared.models import GenerationParams
 from shared.netguard import GuardedHttp, policy_from
 from shared.queues import GENERATE_TASK, celery_config
@@ -20,6 +21,7 @@ from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
+from worker.metrics import init_worker_metrics, job_in_flight
 from worker.pipelines import PipelineCache
 from worker.reaper import Reaper
 from worker.runner import WorkerContext, run_job
@@ -104,7 +106,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
     def generate(task_id: str, params: dict[str, Any]) -> None:
         """Run one image-to-image job; the record in Redis carries its result."""
-        run_job(process.ctx, task_id, GenerationParams.model_validate(params))
+        with task_context(task_id), job_in_flight(process.ctx.name):
+            run_job(process.ctx, task_id, GenerationParams.model_validate(params))
 
     def remember_nodename(sender: Any = None, **_: Any) -> None:
         process.nodename = getattr(sender, "hostname", None) or process.nodename
@@ -113,4 +116,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
     signals.worker_init.connect(remember_nodename, weak=False)
     signals.worker_process_init.connect(lambda **_: process.start(), weak=False)
     signals.worker_process_shutdown.connect(lambda **_: process.stop(), weak=False)
+    # Receiving setup_logging makes Celery leave logging to us: its lines are JSON too.
+    signals.setup_logging.connect(
+        lambda loglevel=None, **_: configure_logging(settings, "worker", loglevel), weak=False
+    )
+    init_worker_metrics(settings)
     return app

@@ -46,6 +46,7 @@ from shared.webhooks import WebhookPublisher
 from worker.fetch import fetch_image
 from worker.images import encode, prepare_image, preview
 from worker.loadtest import run_loadtest
+from worker.metrics import observe_job
 from worker.pipelines import PipelineCache, run_img2img
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     persist(ctx.jobs.finish, record)
+    observe_job(record)
     ctx.notify(record, WebhookEvent.COMPLETED)
     return record
 

@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from standardwebhooks import Webhook
 
+from shared.logs import configure_logging
 from shared.netguard import BlockedURL, GuardedHttp, policy_from
 from shared.queues import celery_config
 from shared.settings import Settings
@@ -102,6 +103,9 @@ def create_webhook_celery(settings: Settings | None = None) -> Celery:
         raise task.retry(countdown=backoff(attempt), max_retries=None)
 
     app.task(name=DELIVER_WEBHOOK_TASK, bind=True, ignore_result=True)(deliver_webhook)
+    signals.setup_logging.connect(  # Celery then leaves logging to us: JSON lines
+        lambda loglevel=None, **_: configure_logging(settings, "webhooks", loglevel), weak=False
+    )
     return app
 
 
