@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev test lint typecheck bench clean
+.PHONY: install browser dev test faults lint typecheck bench clean
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The playground's browser test drives Debian's Chromium: test tools may not download one.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && \
+		  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 dev: install
 	$(BIN)/easel dev
 
@@ -28,8 +36,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install lint typecheck
+test: install browser lint typecheck
 	$(BIN)/pytest
+
+# Kill workers, restart Redis, stop S3 mid-run; prints lost/duplicated/failed counts.
+faults: install
+	$(BIN)/pytest tests/faults -s -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m bench.tiny_models

@@ -38,6 +38,9 @@ class WorkerProcess:
         self.nodename = "worker"
         self._ctx: WorkerContext | None = None
         self._stop = threading.Event()
+        # Set once warm-up ended. Jobs wait for it: running one while the warm-up thread
+        # imports diffusers races its lazy imports, and a job should find its model loaded.
+        self.warmed = threading.Event()
 
     @property
     def ctx(self) -> WorkerContext:
@@ -81,10 +84,17 @@ class WorkerProcess:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        ctx.storage.ensure_bucket()
-        for app_id in self.settings.warm_models:
-            ctx.pipelines.get(ctx.registry.get(app_id))
-            log.info("model %s is warm", app_id)
+        try:
+            ctx.storage.ensure_bucket()
+            for app_id in self.settings.warm_models:
+                ctx.pipelines.get(ctx.registry.get(app_id))
+                log.info("model %s is warm", app_id)
+        except Exception:
+            # Never live, so the API sends no work here; jobs already queued fail clearly.
+            log.exception("warm-up failed; this worker will not announce itself")
+            self.warmed.set()
+            return
+        self.warmed.set()
         liveness = WorkerLiveness(ctx.jobs.redis, self.settings.worker_stale_after_s)
         reaper = Reaper(ctx.jobs, self.settings, self.app.send_task)
         while True:
@@ -106,6 +116,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
     def generate(task_id: str, params: dict[str, Any]) -> None:
         """Run one image-to-image job; the record in Redis carries its result."""
+        process.warmed.wait()
         with task_context(task_id), job_in_flight(process.ctx.name):
             run_job(process.ctx, task_id, GenerationParams.model_validate(params))
 

@@ -1,0 +1,97 @@
+"""No lost job: real workers killed and stopped, Redis restarted, S3 stopped, mid-run.
+
+After each fault every accepted job must reach exactly one terminal state within the
+stated bound, each success must have exactly its outputs in S3, and the counts are printed
+(``make faults`` shows them; test-artifacts/faults.json keeps them).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, data_uri, png_bytes
+from tests.faults.conftest import FaultStack, settle, stop_group
+
+pytestmark = pytest.mark.faults
+
+BOUND_S = 180  # every accepted job ends within this, fault included
+IMAGE = data_uri(png_bytes(512, 512))
+
+
+def submit_many(stack: FaultStack, count: int) -> list[str]:
+    """Accepted task ids; a 503 (nothing accepted) is retried, as a client would."""
+    ids: list[str] = []
+    body = {"app_id": "tiny-sd", "image": IMAGE, "celery": True, "strength": 1.0}
+    with httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    ) as client:
+        while len(ids) < count:
+            try:
+                answer = client.post("/getImageToImage", json=body)
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            if answer.status_code == 202:
+                ids.append(answer.json()["task_id"])
+            else:
+                assert answer.status_code == 503, answer.text  # nothing else is acceptable
+                time.sleep(0.2)
+    return ids
+
+
+def test_kill_9_a_worker_mid_job_then_restart_it(fault_stack: FaultStack) -> None:
+    task_ids = submit_many(fault_stack, 50)
+    victim, group = fault_stack.worker_running(fault_stack.jobs(), task_ids)
+    killed = next(w for w in fault_stack.workers if w.pid == group)
+    stop_group(killed, signal.SIGKILL)
+    fault_stack.workers.remove(killed)
+    fault_stack.start_worker()
+    tally = settle(fault_stack, "kill-9-worker", task_ids, BOUND_S)
+    assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
+    assert fault_stack.jobs().get(victim.task_id).attempts >= 2  # it really ran again
+    fault_stack.wait_live_workers(2)
+
+
+def test_sigterm_a_worker_mid_job_finishes_that_job(fault_stack: FaultStack) -> None:
+    task_ids = submit_many(fault_stack, 12)
+    victim, group = fault_stack.worker_running(fault_stack.jobs(), task_ids)
+    stopped = next(w for w in fault_stack.workers if w.pid == group)
+    stopped.send_signal(signal.SIGTERM)  # to the main process only, as Kubernetes does
+    stopped.wait(timeout=120)  # Celery's warm shutdown: it finishes the job first
+    stop_group(stopped)
+    fault_stack.workers.remove(stopped)
+    fault_stack.start_worker()
+    tally = settle(fault_stack, "sigterm-worker", task_ids, BOUND_S)
+    assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
+    record = fault_stack.jobs().get(victim.task_id)
+    assert record.status.value == "SUCCESS" and record.attempts == 1  # finished, not redone
+    fault_stack.wait_live_workers(2)
+
+
+def test_restart_redis_mid_run(fault_stack: FaultStack) -> None:
+    task_ids = submit_many(fault_stack, 20)
+    fault_stack.worker_running(fault_stack.jobs(), task_ids)
+    fault_stack.restart_redis(down_s=1.0)
+    tally = settle(fault_stack, "restart-redis", task_ids, BOUND_S)
+    assert (tally.lost, tally.duplicated) == (0, 0), tally
+    assert tally.failed == 0, tally.errors
+    fault_stack.wait_live_workers(2)
+    # Each worker still consumes only its own queue after reconnecting.
+    assert settle(fault_stack, "after-redis", submit_many(fault_stack, 4), BOUND_S).lost == 0
+
+
+def test_stop_s3_for_10_seconds_mid_run(fault_stack: FaultStack) -> None:
+    task_ids = submit_many(fault_stack, 20)
+    fault_stack.worker_running(fault_stack.jobs(), task_ids)
+    fault_stack.stop_s3()
+    outage = threading.Timer(10, fault_stack.start_s3)
+    outage.start()
+    more = submit_many(fault_stack, 5)  # the API still accepts: S3 is the workers' concern
+    outage.join()
+    tally = settle(fault_stack, "stop-s3-10s", task_ids + more, BOUND_S)
+    assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally.errors
