@@ -28,7 +28,9 @@ def decode_image(data: bytes) -> Image.Image:
                 opened.draft("RGB", _fitted(opened.width, opened.height))  # decode at reduced scale
             opened.load()
             image = ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageDecodeError(f"image: too many pixels (the cap is {MAX_PIXELS})") from None
+    except UnidentifiedImageError:
         raise ImageDecodeError("image: not a decodable JPEG, PNG, WebP, GIF or BMP") from None
     except OSError as exc:
         raise ImageDecodeError(f"image: the file is damaged or truncated ({exc})") from None
