@@ -61,9 +61,7 @@ def test_formats_pillow_knows_but_we_do_not_allow_are_refused(data: bytes, kind:
 def test_a_100_megapixel_png_is_refused_before_decoding() -> None:
     data = png_claiming(10_000, 10_000)
     assert len(data) < 100  # a bomb: tiny on the wire
-    with pytest.raises(
-        ImageDecodeError, match=r"^image: 10000x10000 has too many pixels$|^image: not"
-    ):
+    with pytest.raises(ImageDecodeError, match=r"^image: too many pixels"):
         decode_image(data)
 
 
