@@ -116,7 +116,9 @@ def submit(
             args=[record.task_id, params.model_dump(mode="json")],
             queue=queue,
             task_id=record.task_id,
-            **generate_options(services.settings),
+            **generate_options(
+                services.settings, services.registry.get(request.app_id).time_limit_s
+            ),
         )
     except (OperationalError, RedisError) as exc:
         with suppress(RedisError):  # unreachable too: the record simply expires

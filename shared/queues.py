@@ -18,12 +18,16 @@ def visibility_timeout_s(settings: Settings) -> int:
     return max(6 * 3600, 2 * settings.job_hard_time_limit_s)
 
 
-def generate_options(settings: Settings) -> dict[str, Any]:
-    """Per-message options of a generate task: its queue-independent time limits."""
-    return {
-        "soft_time_limit": settings.job_soft_time_limit_s,
-        "time_limit": max(settings.job_hard_time_limit_s, settings.job_soft_time_limit_s + 1),
-    }
+def generate_options(settings: Settings, model_limit_s: int | None = None) -> dict[str, Any]:
+    """Per-message options of a generate task: the time limits of its model, or the default.
+
+    Past the soft limit the job ends FAILED ("timed out"); past the hard one Celery kills the
+    worker process, and the job counts as a lost worker (EASEL_MAX_ATTEMPTS).
+    """
+    if model_limit_s is not None:
+        return {"soft_time_limit": model_limit_s, "time_limit": model_limit_s + 60}
+    soft = settings.job_soft_time_limit_s
+    return {"soft_time_limit": soft, "time_limit": max(settings.job_hard_time_limit_s, soft + 1)}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

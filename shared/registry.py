@@ -41,6 +41,9 @@ class ModelSpec(BaseModel):
     compile_sizes: list[tuple[int, int]] = Field(default_factory=list)
     vram_gb: float = Field(default=0.0, ge=0)
     step_seconds: float = Field(default=0.0, ge=0, le=60)  # loadtest family: sleep per step
+    # Soft time limit of one job (None: EASEL_JOB_SOFT_TIME_LIMIT_S); the hard one is 60 s
+    # later. Capped at 3 h so the hard limit stays under the 6 h visibility timeout.
+    time_limit_s: int | None = Field(default=None, ge=1, le=3 * 3600)
 
     @model_validator(mode="after")
     def _compile_needs_sizes(self) -> ModelSpec:

@@ -96,7 +96,12 @@ class WorkerProcess:
             return
         self.warmed.set()
         liveness = WorkerLiveness(ctx.jobs.redis, self.settings.worker_stale_after_s)
-        reaper = Reaper(ctx.jobs, self.settings, self.app.send_task)
+        reaper = Reaper(
+            ctx.jobs,
+            self.settings,
+            self.app.send_task,
+            lambda app_id: ctx.registry.get(app_id).time_limit_s,
+        )
         while True:
             try:
                 liveness.beat(self.queue, ctx.name)

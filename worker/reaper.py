@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 class Reaper:
     """Sweeps one queue's running index; see the module docstring."""
 
-    def __init__(self, jobs: JobStore, settings: Settings, send_task: Callable[..., Any]):
+    def __init__(
+        self,
+        jobs: JobStore,
+        settings: Settings,
+        send_task: Callable[..., Any],
+        time_limit_of: Callable[[str], int | None] = lambda app_id: None,
+    ):
         self.jobs = jobs
+        self.time_limit_of = time_limit_of
         self.settings = settings
         self.send_task = send_task
         self.queue = settings.queue_for(settings.worker_gpu)
@@ -73,7 +80,7 @@ class Reaper:
                     args=[task_id, record.params.model_dump(mode="json")],
                     queue=self.queue,
                     task_id=task_id,
-                    **generate_options(self.settings),
+                    **generate_options(self.settings, self.time_limit_of(record.app_id)),
                 )
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
 from shared.netguard import GuardedHttp, policy_from
+from shared.queues import generate_options, visibility_timeout_s
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -177,3 +180,23 @@ def test_a_dead_workers_job_runs_again_with_attempts_left(ctx: WorkerContext) ->
     as_if_running_on(ctx, job, "gone/9", attempts=1)
     done = run_job(ctx, job.task_id, job.params)
     assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 2
+
+
+def test_a_job_past_its_soft_time_limit_ends_failed(ctx: WorkerContext) -> None:
+    def too_slow(spec: Any, settings: Any) -> Any:
+        raise SoftTimeLimitExceeded()  # what Celery raises inside the job at the soft limit
+
+    slow = dataclasses.replace(ctx, pipelines=PipelineCache(ctx.settings, load=too_slow))
+    job = queued_job(ctx, batch=1)
+    done = run_job(slow, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.FAILED
+    assert done.error == "timed out: the job ran past its time limit"
+
+
+def test_time_limits_come_from_the_model_or_the_settings(ctx: WorkerContext) -> None:
+    assert generate_options(ctx.settings, 120) == {"soft_time_limit": 120, "time_limit": 180}
+    default = generate_options(ctx.settings)
+    assert default["soft_time_limit"] == ctx.settings.job_soft_time_limit_s
+    assert default["time_limit"] > default["soft_time_limit"]
+    assert visibility_timeout_s(ctx.settings) > default["time_limit"]
+    assert visibility_timeout_s(ctx.settings) > 3 * 3600 + 60  # the longest a model may set
