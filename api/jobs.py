@@ -87,7 +87,7 @@ def submit(
         except BlockedURL as exc:
             raise _field_error("image", "ssrf", str(exc)) from None
     queue = services.settings.queue_for(request.inference_type)
-    if not services.liveness.live(queue):
+    if services.settings.require_live_worker and not services.liveness.live(queue):
         raise NoLiveWorker(
             f"inference_type: no live worker consumes the {request.inference_type} queue "
             f"({queue!r}); start one with `easel worker --gpu {request.inference_type}`"

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # soft one the job ends FAILED; past the hard one its worker process is killed.
     job_soft_time_limit_s: int = Field(default=900, ge=1)
     job_hard_time_limit_s: int = Field(default=960, ge=1)
+    # Refuse (503) a job no live worker would take. Off where an autoscaler starts workers
+    # from zero on queue length (KEDA): there, the queued job is what wakes them.
+    require_live_worker: bool = True
     sync_wait_s: float = Field(default=60.0, ge=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
@@ -82,6 +85,12 @@ class Settings(BaseSettings):
     webhook_retry_for_s: float = Field(default=3 * 3600, ge=3600)
     webhook_progress_interval_s: float = Field(default=1.0, ge=0)
     webhook_queue: str = "easel.webhooks"
+
+    @field_validator("queues")
+    @classmethod
+    def _every_class_has_a_queue(cls, value: dict[InferenceType, str]) -> dict[InferenceType, str]:
+        """Classes left out of EASEL_QUEUES keep their default queue."""
+        return {**DEFAULT_QUEUES, **value}
 
     @field_validator("image_url_allowlist", "url_allowed_ports", mode="before")
     @classmethod
