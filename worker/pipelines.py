@@ -148,6 +148,9 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    for library in (diffusers_logging, transformers_logging):  # their lines go out as JSON too
+        library.disable_default_handler()
+        library.enable_propagation()
     device = pick_device(settings.device)
     dtype = getattr(torch, spec.dtype) if device.startswith("cuda") else torch.float32
     source, local = resolve_source(spec, settings)
