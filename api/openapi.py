@@ -76,6 +76,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     401: ("Unauthorized", "Missing or unknown API key."),
     404: ("NotFound", "Unknown task, someone else's task, unknown `app_id`, or no such file."),
     405: ("MethodNotAllowed", "The path exists but not with this method; `Allow` lists them."),
+    409: ("Conflict", "The `Idempotency-Key` was used with a different body."),
     413: ("PayloadTooLarge", "The body is larger than `EASEL_MAX_BODY_BYTES`."),
     429: ("TooManyRequests", "Rate limit reached; retry after `Retry-After` seconds."),
     500: ("InternalError", "A bug; the answer never carries a traceback."),
@@ -89,6 +90,16 @@ HEADERS: dict[int, Schema] = {
             "schema": {"type": "integer", "minimum": 0},
         }
     },
+}
+IDEMPOTENCY_KEY: Schema = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a submit safe to retry: the same key and body within "
+        "`EASEL_IDEMPOTENCY_TTL_S` return the first task; another body gets 409."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
 }
 KEYED = (401, 405, 429, 500, 503)  # what any keyed route may answer
 PUBLIC: list[dict[str, list[str]]] = []  # ``security`` of a route that needs no key
@@ -308,6 +319,7 @@ def submit_operation(ref: dict[type[BaseModel], str], job: Schema, pending: Sche
             "up to `EASEL_SYNC_WAIT_S`, then answers 202 PENDING."
         ),
         "operationId": "getImageToImage",
+        "parameters": [IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {
@@ -315,7 +327,7 @@ def submit_operation(ref: dict[type[BaseModel], str], job: Schema, pending: Sche
                 "multipart/form-data": {"schema": {"$ref": REF.format(model="ImageToImageForm")}},
             },
         },
-        "responses": {"200": job, "202": pending, **errors(400, 404, 413, *KEYED)},
+        "responses": {"200": job, "202": pending, **errors(400, 404, 409, 413, *KEYED)},
     }
 
 
@@ -345,7 +357,12 @@ def service_paths(ref: dict[type[BaseModel], str]) -> Schema:
         "description": "This document.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
+    metrics = {
+        "description": "Prometheus metrics of every API process (text exposition format).",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
     paths = {
+        "/metrics": public("metrics", "Prometheus metrics", metrics),
         "/list_of_Apps": public("listOfApps", "The models this deployment serves", listing),
         "/health": public("health", "Liveness", alive),
         "/ready": public("ready", "Readiness: Redis, S3 and live workers", ready, 503),

@@ -128,7 +128,7 @@ def test_keyed_routes_use_the_bearer_scheme_and_public_ones_none(spec: dict[str,
     }
     assert public == {
         "/", "/docs", "/docs/assets/{filename}", "/static/{filename}", "/openapi.json",
-        "/health", "/ready", "/list_of_Apps",
+        "/health", "/ready", "/list_of_Apps", "/metrics",
     }  # fmt: skip
 
 
