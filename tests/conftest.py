@@ -6,8 +6,11 @@ import base64
 import io
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
 
@@ -16,6 +19,7 @@ from PIL import Image
 
 from easel.stack import Server, start_redis, start_s3, wait_until
 from shared.models import GenerationParams, InferenceType, JobRecord
+from shared.netguard import GuardedHttp, UrlPolicy
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -111,3 +115,22 @@ def job_record(
         task_id=task_id, owner=owner, app_id="tiny-sd", inference_type=InferenceType.A10G,
         queue="q", params=params, input={}, created_at=time.time(),
     )  # fmt: skip
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on loopback, in a thread, for one test module or test."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def loopback_http() -> Iterator[GuardedHttp]:
+    """The SSRF-guarded client with loopback allowed, as the test stack configures it."""
+    guarded = GuardedHttp(UrlPolicy(["127.0.0.1"]))
+    yield guarded
+    guarded.close()

@@ -7,14 +7,14 @@ through the allowlist, exactly as in production.
 from __future__ import annotations
 
 import ipaddress
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from shared.netguard import BlockedURL, GuardedHttp, UrlPolicy, blocked_reason
+from tests.conftest import serve
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(5000)
 
@@ -179,20 +179,13 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(Handler) as url:
+        yield url
 
 
 @pytest.fixture
-def http() -> Iterator[GuardedHttp]:
-    guarded = GuardedHttp(UrlPolicy(["127.0.0.1"]))
-    yield guarded
-    guarded.close()
+def http(loopback_http: GuardedHttp) -> GuardedHttp:
+    return loopback_http
 
 
 def test_loopback_needs_the_allowlist(server: str) -> None:

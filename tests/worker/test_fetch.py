@@ -4,54 +4,26 @@ The guard itself is tested in tests/shared/test_netguard.py."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from shared.errors import ImageFetchError
 from shared.netguard import GuardedHttp, UrlPolicy
+from tests.conftest import serve
+from tests.shared.test_netguard import BODY, Handler  # the same loopback server
 from worker.fetch import fetch_image
-
-BODY = b"\x89PNG\r\n\x1a\n" + bytes(5000)
-
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path == "/image.png":
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(BODY)))
-            self.end_headers()
-            self.wfile.write(BODY)
-        elif self.path.startswith("/redirect/"):
-            hops = int(self.path.rsplit("/", 1)[1])
-            self.send_response(302)
-            self.send_header("Location", f"/redirect/{hops - 1}" if hops > 1 else "/image.png")
-            self.end_headers()
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *_: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(Handler) as url:
+        yield url
 
 
 @pytest.fixture
-def http() -> Iterator[GuardedHttp]:
-    guarded = GuardedHttp(UrlPolicy(["127.0.0.1"]))
-    yield guarded
-    guarded.close()
+def http(loopback_http: GuardedHttp) -> GuardedHttp:
+    return loopback_http
 
 
 def test_fetches_the_body(server: str, http: GuardedHttp) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
@@ -14,6 +13,7 @@ from standardwebhooks import Webhook
 
 from client.webhooks import InvalidWebhook, verify_webhook
 from shared.netguard import GuardedHttp, UrlPolicy
+from tests.conftest import serve
 from worker.webhooks import BACKOFF_CAP_S, backoff, deliver, retries_for
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -38,18 +38,13 @@ class Receiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver() -> Iterator[str]:
     Receiver.answers, Receiver.seen = [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(Receiver) as url:
+        yield f"{url}/hook"
 
 
 @pytest.fixture
-def http() -> Iterator[GuardedHttp]:
-    guarded = GuardedHttp(UrlPolicy(["127.0.0.1"]))
-    yield guarded
-    guarded.close()
+def http(loopback_http: GuardedHttp) -> GuardedHttp:
+    return loopback_http
 
 
 def test_a_delivery_verifies_with_the_sdk_helper(receiver: str, http: GuardedHttp) -> None:
