@@ -200,3 +200,22 @@ def test_time_limits_come_from_the_model_or_the_settings(ctx: WorkerContext) -> 
     assert default["time_limit"] > default["soft_time_limit"]
     assert visibility_timeout_s(ctx.settings) > default["time_limit"]
     assert visibility_timeout_s(ctx.settings) > 3 * 3600 + 60  # the longest a model may set
+
+
+def test_out_of_memory_fails_the_job_and_empties_the_cache(ctx: WorkerContext) -> None:
+    calls: list[str] = []
+
+    def loader(spec: Any, settings: Any) -> Any:
+        calls.append(spec.app_id)
+        if spec.app_id == "tiny-sd":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return object()
+
+    cache = PipelineCache(ctx.settings, load=loader)
+    cache.get(ctx.registry.get("tiny-sdxl"))  # something held before the OOM
+    oom = dataclasses.replace(ctx, pipelines=cache)
+    job = queued_job(ctx, batch=1)
+    done = run_job(oom, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.FAILED
+    assert done.error is not None and "out of memory" in done.error and "\n" not in done.error
+    assert cache.loaded() == []  # freed for the next job
