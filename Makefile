@@ -44,8 +44,7 @@ faults: install
 	$(BIN)/pytest tests/faults -s -p no:cacheprovider
 
 bench: install
-	$(BIN)/python -m bench.tiny_models
-	$(BIN)/python -m bench.sync_latency
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .easel .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,185 @@
+"""Section 3: throughput with K = 1, 2, 4, 8, 16 worker processes on one queue.
+
+Jobs use the ``loadtest`` benchmark backend (worker/loadtest.py): no ML, no torch; each
+job holds its worker for 10 x 0.05 s and then uploads a 64x64 image, so everything but
+the model runs as in production (API submit, Redis, Celery with prefetch 1 and late
+acks, the job record's transitions, S3 upload). Workers are ``easel worker`` processes,
+added between rounds; each round submits JOBS_PER_WORKER x K async jobs through the
+API and waits for all of them.
+
+throughput = jobs / (last finish - first start); efficiency = throughput / (K x the
+K = 1 throughput of the same run). Spread: jobs per worker, and the longest time a
+worker sat between jobs while some job waited on the queue all along (with prefetch 1,
+no worker holds a second job, so this stays at the pickup latency).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from bench.procs import children, cpu_s, maps_torch
+from bench.report import Row, median, ms
+from bench.stack import BenchStack, bench_queues, data_uri, sample_png
+from shared.jobs import JobStore
+from shared.models import JobRecord, JobStatus
+
+KS = (1, 2, 4, 8, 16)
+JOBS_PER_WORKER = 10
+SUBMITTERS = 4
+EFFICIENCY_TARGET, IDLE_TARGET_S = 0.9, 0.1
+PREFIX = "easel.bench.scale"
+
+
+def submit_all(url: str, headers: dict[str, str], count: int) -> list[str]:
+    """``count`` async loadtest jobs from a few keep-alive clients; their task ids."""
+    body = {"app_id": "loadtest", "image": data_uri(sample_png(64, 64)), "celery": True}
+    ids: list[str] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def loop(n: int) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            for _ in range(n):
+                response = client.post("/getImageToImage", json=body)
+                with lock:
+                    if response.status_code == 202:
+                        ids.append(response.json()["task_id"])
+                    else:
+                        errors.append(f"{response.status_code} {response.text[:200]}")
+
+    shares = [count // SUBMITTERS + (1 if i < count % SUBMITTERS else 0) for i in range(SUBMITTERS)]
+    threads = [threading.Thread(target=loop, args=(n,)) for n in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} loadtest submits failed, first: {errors[0]}")
+    return ids
+
+
+def idle_while_queued(records: list[JobRecord]) -> float:
+    """The longest gap between two jobs of one worker during which another job waited."""
+    by_worker: dict[str, list[JobRecord]] = {}
+    for record in records:
+        by_worker.setdefault(str(record.worker), []).append(record)
+    worst = 0.0
+    for jobs in by_worker.values():
+        jobs.sort(key=lambda r: r.started_at or 0)
+        for before, after in itertools.pairwise(jobs):
+            gap_start, gap_end = before.finished_at or 0, after.started_at or 0
+            waited = any(r.created_at <= gap_start and (r.started_at or 0) >= gap_end
+                         for r in records if r is not after)  # fmt: skip
+            if waited:
+                worst = max(worst, gap_end - gap_start)
+    return worst
+
+
+def cpu_seconds(roots: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each role's processes and their children."""
+    used: dict[str, float] = {}
+    for role, pids in roots.items():
+        total = 0.0
+        for pid in pids:
+            # this process spawned all the others: count only its own time
+            tree = [pid, *children(pid, recursive=True)] if pid != os.getpid() else [pid]
+            total += sum(cpu_s(member) for member in tree)
+        used[role] = total
+    return used
+
+
+def measure_round(
+    stack: BenchStack, url: str, k: int, roots: dict[str, list[int]], jobs: int = 0
+) -> dict[str, Any]:
+    """One round with k workers live; also where the machine's CPU went meanwhile."""
+    store = JobStore(stack.redis, stack.settings.job_ttl_s)
+    cpu_before, wall_before = cpu_seconds(roots), time.monotonic()
+    ids = submit_all(url, stack.headers, jobs or JOBS_PER_WORKER * k)
+    records = [store.wait(task_id, 120) for task_id in ids]
+    cpu_after, wall = cpu_seconds(roots), time.monotonic() - wall_before
+    cores = {role: round((cpu_after[role] - cpu_before[role]) / wall, 2) for role in roots}
+    failed = [r for r in records if r.status is not JobStatus.SUCCESS]
+    if failed:
+        raise RuntimeError(f"{len(failed)} loadtest jobs did not succeed: {failed[0].error}")
+    first = min(r.started_at or 0 for r in records)
+    last = max(r.finished_at or 0 for r in records)
+    counts = Counter(str(r.worker) for r in records)
+    return {
+        "k": k,
+        "jobs": len(records),
+        "span_s": round(last - first, 3),
+        "throughput_jps": round(len(records) / (last - first), 3),
+        "per_worker": sorted(counts.values()),
+        "workers_used": len(counts),
+        "job_s_median": round(
+            median([(r.finished_at or 0) - (r.started_at or 0) for r in records]), 4
+        ),
+        "queue_s_median": round(median([r.time_required.queue or 0 for r in records]), 4),
+        "max_idle_while_queued_s": round(idle_while_queued(records), 4),
+        "cores_used": cores,
+    }
+
+
+def torch_in_workers(workers: list[subprocess.Popen[bytes]]) -> bool:
+    """Whether any worker process (Celery main or pool child) has torch mapped."""
+    pids = [pid for worker in workers for pid in (worker.pid, *children(worker.pid, True))]
+    return any(maps_torch(pid) for pid in pids)
+
+
+def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
+    """All rounds; rows for the table."""
+    queues = bench_queues(PREFIX)
+    queue = stack.settings_with(EASEL_QUEUES=queues).queue_for(stack.settings.worker_gpu)
+    workers: list[subprocess.Popen[bytes]] = []
+    rounds = []
+    try:
+        with stack.api(EASEL_QUEUES=queues) as (url, api):
+            for k in KS:
+                while len(workers) < k:
+                    workers.append(stack.worker(f"scale-{len(workers)}", EASEL_QUEUES=queues))
+                stack.wait_live(queue, k)
+                if k == 1:  # the first jobs of a process pay its lazy imports and S3 client
+                    measure_round(stack, url, 1, {}, jobs=2)
+                roots = {"api": [api.pid], "workers": [w.pid for w in workers],
+                         "redis": [stack.redis_server.process.pid],
+                         "s3": [stack.s3_server.process.pid], "bench": [os.getpid()]}  # fmt: skip
+                rounds.append(measure_round(stack, url, k, roots))
+            torch_loaded = torch_in_workers(workers)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=60)
+    single = rounds[0]["throughput_jps"]
+    section = "3 scaling (loadtest)"
+    rows = []
+    for result in rounds:
+        k = result["k"]
+        efficiency = result["throughput_jps"] / (k * single)
+        result["efficiency"] = round(efficiency, 3)
+        spread = result["per_worker"]
+        rows.append(Row(
+            section, f"K={k:>2}: {result['jobs']} jobs of 10 x 0.05 s; jobs/worker "
+            f"{spread[0]}-{spread[-1]} on {result['workers_used']}/{k}",
+            f"{result['throughput_jps']:.2f} jobs/s, eff {efficiency:.3f}",
+            f"{k} x K=1 = {k * single:.2f} jobs/s",
+            f">= {EFFICIENCY_TARGET} at K=16" if k == 16 else "",
+            efficiency >= EFFICIENCY_TARGET if k == 16 else None,
+        ))  # fmt: skip
+    worst_idle = max(r["max_idle_while_queued_s"] for r in rounds)
+    rows += [
+        Row(section, "longest worker idle gap while a job waited (all K)", ms(worst_idle),
+            f"job {ms(rounds[-1]['job_s_median'])}", f"< {IDLE_TARGET_S * 1000:.0f} ms",
+            worst_idle < IDLE_TARGET_S),
+        Row(section, "torch mapped in loadtest workers (/proc/pid/maps)",
+            "YES" if torch_loaded else "no", "", "no", not torch_loaded),
+    ]  # fmt: skip
+    return rows, {"rounds": rounds, "torch_in_workers": torch_loaded}
