@@ -39,7 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": settings.redis_timeout_s,
     }
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": settings.broker_url or settings.redis_url,
         "broker_transport_options": transport,
         "broker_connection_timeout": settings.redis_timeout_s,
         "broker_connection_retry_on_startup": True,

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # Redis: the Celery broker, the job records and worker liveness all live here.
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = Field(default=2.0, gt=0)
+    # Celery's broker; unset: the same Redis. Job records and liveness stay in Redis either
+    # way, so RabbitMQ (amqp://) or SQS (sqs://) is a configuration change.
+    broker_url: str | None = None
 
     # S3 (any S3-compatible server: AWS, SeaweedFS, MinIO).
     s3_endpoint_url: str | None = None

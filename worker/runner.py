@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -248,14 +249,25 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
 def upload(
     ctx: WorkerContext, task_id: str, images: list[Image.Image], params: GenerationParams
 ) -> tuple[list[str], list[str]]:
-    """Step 6: each image in its format and a JPEG preview; the keys of both."""
+    """Step 6: each image in its format and a JPEG preview; the keys of both.
+
+    Every object is encoded and uploaded on its own thread: Pillow's encoders and boto3's
+    sockets release the GIL, so the batch takes about as long as its slowest object.
+    """
     fmt = params.output_format
-    keys, previews = [], []
-    for index, output in enumerate(images):
-        key = ctx.storage.output_key(task_id, f"{index}.{fmt.value}")
-        ctx.storage.put(key, encode(output, fmt, params.output_quality), fmt.content_type)
-        small = ctx.storage.output_key(task_id, f"{index}.low.jpeg")
-        ctx.storage.put(small, preview(output), OutputFormat.JPEG.content_type)
-        keys.append(key)
-        previews.append(small)
+    keys = [ctx.storage.output_key(task_id, f"{i}.{fmt.value}") for i in range(len(images))]
+    previews = [ctx.storage.output_key(task_id, f"{i}.low.jpeg") for i in range(len(images))]
+
+    def full(index: int) -> None:
+        body = encode(images[index], fmt, params.output_quality)
+        ctx.storage.put(keys[index], body, fmt.content_type)
+
+    def small(index: int) -> None:
+        body = preview(images[index])
+        ctx.storage.put(previews[index], body, OutputFormat.JPEG.content_type)
+
+    with ThreadPoolExecutor(max_workers=2 * len(images)) as pool:
+        done = [pool.submit(put, i) for put in (full, small) for i in range(len(images))]
+        for future in done:
+            future.result()  # the first failure propagates, as it did one at a time
     return keys, previews

@@ -53,3 +53,12 @@ def test_nothing_reads_the_environment_at_import() -> None:
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_broker_is_the_redis_unless_set_apart() -> None:
+    from shared.queues import celery_config
+
+    same = Settings(redis_url="redis://r:6379/0")
+    assert celery_config(same)["broker_url"] == "redis://r:6379/0"
+    apart = Settings(redis_url="redis://r:6379/0", broker_url="amqp://mq:5672//")
+    assert celery_config(apart)["broker_url"] == "amqp://mq:5672//"
