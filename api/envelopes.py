@@ -13,13 +13,12 @@ def envelope_for(services: Services, record: JobRecord) -> Envelope:
     """A job's envelope: signed URLs once done, queue position and ETA while it waits."""
     position = eta = None
     if record.state is JobState.QUEUED:
-        position = services.jobs.queue_position(record)
+        stale_after_s = services.settings.worker_stale_after_s
+        position, mean, workers = services.jobs.queue_snapshot(record, stale_after_s)
         if position is None:  # a worker took it since the record was read
             record = services.jobs.get(record.task_id)
-        else:
-            mean = services.jobs.mean_duration(record.queue)
-            workers = max(1, len(services.liveness.live(record.queue)))
-            eta = None if mean is None else round(mean * position / workers, 2)
+        elif mean is not None:
+            eta = round(mean * position / max(1, workers), 2)
     urls = None
     if record.output is not None:
         sign = services.storage.presign

@@ -181,10 +181,18 @@ class JobStore:
         rank = _run(partial(self.redis.zrank, key("queued", record.queue), record.task_id))
         return None if rank is None else cast(int, rank) + 1
 
-    def mean_duration(self, queue: str) -> float | None:
-        """Mean run time of the last successful jobs on a queue."""
-        values = _run(partial(self.redis.lrange, key("durations", queue), 0, -1))
-        return sum(float(v) for v in values) / len(values) if values else None
+    def queue_snapshot(
+        self, record: JobRecord, stale_after_s: float
+    ) -> tuple[int | None, float | None, int]:
+        """In one round trip: the job's queue position (None once it left the queue), the
+        mean run time of recent jobs on its queue, and how many workers serve the queue."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrank(key("queued", record.queue), record.task_id)
+        pipe.lrange(key("durations", record.queue), 0, -1)
+        pipe.zcount(key("workers", record.queue), time.time() - stale_after_s, "+inf")
+        rank, durations, workers = _run(pipe.execute)
+        mean = sum(float(v) for v in durations) / len(durations) if durations else None
+        return (None if rank is None else int(rank) + 1), mean, int(workers)
 
     def owned(
         self, owner: str, status: JobStatus | None, limit: int, before: float | None
