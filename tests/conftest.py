@@ -67,6 +67,10 @@ def stack_env(redis_server: Server, s3_server: Server, state_dir: Path) -> dict[
         "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
         # Test images and webhook receivers are served on loopback.
         "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1",
+        # Tests poll fast and share the bootstrap key: the limits are tested with keys of
+        # their own (tests/api/test_keys_and_limits.py, tests/integration/test_tenants.py).
+        "EASEL_DEFAULT_RATE_LIMIT": "100000/minute",
+        "EASEL_DEFAULT_MAX_INFLIGHT": "10000",
     }
     storage = Storage(settings_from(env))
     wait_until(storage.ensure_bucket, 60, "S3")

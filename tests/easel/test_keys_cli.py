@@ -82,7 +82,10 @@ def test_a_rate_that_does_not_parse_exits_2_and_creates_nothing(
     assert name not in listing
 
 
-def test_defaults_come_from_settings(capsys: pytest.CaptureFixture[str]) -> None:
+def test_defaults_come_from_settings(
+    capsys: pytest.CaptureFixture[str], stack_env: dict[str, str]
+) -> None:
     status, _, err = easel(capsys, "keys", "create", "--name", "defaults")
     assert status == 0
-    assert "(defaults, 600/minute, at most 64 in flight)" in err
+    rate, cap = stack_env["EASEL_DEFAULT_RATE_LIMIT"], stack_env["EASEL_DEFAULT_MAX_INFLIGHT"]
+    assert f"(defaults, {rate}, at most {cap} in flight)" in err
