@@ -8,11 +8,10 @@ import time
 import uuid
 from contextlib import suppress
 
-from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from api.metrics import count_job
-from api.services import Services
+from api.services import BROKER_DOWN, Services
 from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker, TooManyRequests
 from shared.keys import InflightCap
 from shared.logs import bind_task_id
@@ -120,7 +119,7 @@ def submit(
                 services.settings, services.registry.get(request.app_id).time_limit_s
             ),
         )
-    except (OperationalError, RedisError) as exc:
+    except BROKER_DOWN as exc:
         with suppress(RedisError):  # unreachable too: the record simply expires
             services.jobs.discard(record)
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc

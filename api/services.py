@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from celery import Celery
 from flask import Flask, current_app
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.netguard import UrlPolicy, policy_from
@@ -14,6 +16,9 @@ from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
+
+# What publishing a Celery message raises while the broker is unreachable.
+BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
 @dataclass
@@ -41,7 +46,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         storage=Storage(settings),
         celery=producer,
         url_policy=policy_from(settings),
-        webhooks=WebhookPublisher(producer.send_task, settings),
+        webhooks=WebhookPublisher(producer.send_task, settings, BROKER_DOWN),
     )
 
 

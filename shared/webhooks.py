@@ -21,9 +21,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
-
 from shared.models import Envelope, JobRecord, WebhookEvent
 from shared.settings import Settings
 
@@ -54,8 +51,16 @@ def payload(event: WebhookEvent, envelope: Envelope) -> str:
 class WebhookPublisher:
     """Queues deliveries for a job's webhook; never raises into the job."""
 
-    def __init__(self, send_task: Callable[..., Any], settings: Settings) -> None:
+    def __init__(
+        self,
+        send_task: Callable[..., Any],
+        settings: Settings,
+        unreachable: tuple[type[Exception], ...] = (OSError,),
+    ) -> None:
+        """``unreachable``: what ``send_task`` raises when the broker is down (the caller's
+        Celery knows; shared/ imports no framework). Those are logged, never raised."""
         self.send_task = send_task
+        self.unreachable = unreachable
         self.queue = settings.webhook_queue
         self.progress_interval_s = settings.webhook_progress_interval_s
         self._last_progress: dict[str, float] = {}
@@ -85,7 +90,7 @@ class WebhookPublisher:
                 queue=self.queue,
                 **options,
             )
-        except (OperationalError, RedisError, OSError) as exc:
+        except self.unreachable as exc:
             log.warning("could not queue the %s webhook of %s: %s", event, record.task_id, exc)
             return False
         return True

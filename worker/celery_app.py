@@ -27,6 +27,8 @@ from worker.reaper import Reaper
 from worker.runner import WorkerContext, run_job
 
 log = logging.getLogger(__name__)
+# What publishing a Celery message raises while the broker is unreachable.
+BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
 class WorkerProcess:
@@ -56,7 +58,7 @@ class WorkerProcess:
                 storage=storage,
                 pipelines=PipelineCache(settings, vram_budget_gb=settings.vram_budget_gb),
                 http=GuardedHttp(policy_from(settings)),
-                webhooks=WebhookPublisher(self.app.send_task, settings),
+                webhooks=WebhookPublisher(self.app.send_task, settings, BROKER_DOWN),
                 name=f"{self.nodename}/{os.getpid()}",
             )
         return self._ctx
