@@ -9,7 +9,6 @@ model each route takes and answers with.
 from __future__ import annotations
 
 import copy
-import re
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -114,20 +113,13 @@ def openapi_json() -> Response:
 @bp.get("/docs")
 def docs() -> str:
     """Swagger UI over ``/openapi.json``, from local files only."""
-    return render_template("docs.html", relabel=swagger_ui_relabel())
+    return render_template("docs.html")
 
 
 @bp.get("/docs/assets/<path:filename>")
 def docs_asset(filename: str) -> Response:
     """One file of the bundled Swagger UI."""
     return send_from_directory(SWAGGER_UI_DIR, filename)
-
-
-def swagger_ui_relabel() -> str:
-    """The ``openapi`` version to show a Swagger UI older than 5, which refuses 3.1 documents;
-    empty when the bundled UI reads 3.1 itself."""
-    match = re.search(r"swagger-ui-(\d+)\.", SWAGGER_UI_DIR.name)
-    return "3.0.3" if match and int(match.group(1)) < 5 else ""
 
 
 def api_version() -> str:
