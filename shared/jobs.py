@@ -176,11 +176,6 @@ class JobStore:
         """Whether the owner asked to cancel this job."""
         return bool(_run(partial(self.redis.exists, key("cancel", task_id))))
 
-    def queue_position(self, record: JobRecord) -> int | None:
-        """1 for the next job to start on its queue; None once it left the queue."""
-        rank = _run(partial(self.redis.zrank, key("queued", record.queue), record.task_id))
-        return None if rank is None else cast(int, rank) + 1
-
     def queue_snapshot(
         self, record: JobRecord, stale_after_s: float
     ) -> tuple[int | None, float | None, int]:

@@ -155,10 +155,6 @@ class InflightCap:
         count = cast(int, _run(partial(self._admit, keys=[key("inflight", owner)], args=args)))
         return None if count < 0 else count
 
-    def release(self, owner: str, task_id: str) -> None:
-        """Count a job out (JobStore.finish does the same inside its own transaction)."""
-        _run(partial(self.redis.zrem, key("inflight", owner), task_id))
-
     def count(self, owner: str) -> int:
         """How many of an owner's jobs are counted in flight now."""
         return _run(partial(self.redis.zcard, key("inflight", owner)))

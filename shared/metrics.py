@@ -36,26 +36,21 @@ JOBS = Counter(
     "Jobs by state: queued when accepted; succeeded, failed or canceled when they end.",
     ["state", *JOB_LABELS],
 )
-QUEUE_WAIT = Histogram(
-    "easel_queue_wait_seconds", "From submit to a worker starting the job.", JOB_LABELS,
-    buckets=JOB_BUCKETS,
-)  # fmt: skip
-MODEL_LOAD = Histogram(
-    "easel_model_load_seconds", "Loading the pipeline (0 when cached), successful jobs.",
-    JOB_LABELS, buckets=JOB_BUCKETS,
-)  # fmt: skip
-INFERENCE = Histogram(
-    "easel_inference_seconds", "The batched pipeline call, successful jobs.", JOB_LABELS,
-    buckets=JOB_BUCKETS,
-)  # fmt: skip
-UPLOAD = Histogram(
-    "easel_upload_seconds", "Uploading images and previews, successful jobs.", JOB_LABELS,
-    buckets=JOB_BUCKETS,
-)  # fmt: skip
-END_TO_END = Histogram(
-    "easel_end_to_end_seconds", "From submit to the result recorded, successful jobs.",
-    JOB_LABELS, buckets=JOB_BUCKETS,
-)  # fmt: skip
+
+
+def _job_histogram(name: str, documentation: str) -> Histogram:
+    return Histogram(name, documentation, JOB_LABELS, buckets=JOB_BUCKETS)
+
+
+QUEUE_WAIT = _job_histogram("easel_queue_wait_seconds", "From submit to a worker starting the job.")
+MODEL_LOAD = _job_histogram(
+    "easel_model_load_seconds", "Loading the pipeline (0 when cached), successful jobs."
+)
+INFERENCE = _job_histogram("easel_inference_seconds", "The batched pipeline call, successful jobs.")
+UPLOAD = _job_histogram("easel_upload_seconds", "Uploading images and previews, successful jobs.")
+END_TO_END = _job_histogram(
+    "easel_end_to_end_seconds", "From submit to the result recorded, successful jobs."
+)
 QUEUE_DEPTH = "easel_queue_depth"  # computed at scrape time by the API (api/metrics.py)
 WORKER_INFLIGHT = Gauge(
     "easel_worker_inflight", "1 while a job runs in this worker process.", ["worker"],

@@ -120,7 +120,7 @@ def test_bootstrap_like_records_need_no_hash() -> None:
     assert record.key_hash == "" and not record.revoked
 
 
-def test_inflight_cap_admits_up_to_the_cap_and_release_frees_a_slot(
+def test_inflight_cap_admits_up_to_the_cap_and_an_ended_job_frees_a_slot(
     client: redis.Redis, stack_settings: Settings
 ) -> None:
     cap, owner, now = (
@@ -128,11 +128,12 @@ def test_inflight_cap_admits_up_to_the_cap_and_release_frees_a_slot(
         secrets.token_hex(6),
         time.time(),
     )
-    assert cap.admit(owner, "a", 2, now) is None
-    assert cap.admit(owner, "b", 2, now) is None
-    assert cap.admit(owner, "c", 2, now) == 2
-    cap.release(owner, "a")
-    assert cap.admit(owner, "c", 2, now) is None
+    a, b, c = (f"{name}-{owner}" for name in "abc")
+    assert cap.admit(owner, a, 2, now) is None
+    assert cap.admit(owner, b, 2, now) is None
+    assert cap.admit(owner, c, 2, now) == 2
+    JobStore(client, stack_settings.job_ttl_s).finish(job_record(a, owner=owner))
+    assert cap.admit(owner, c, 2, now) is None
     assert cap.count(owner) == 2
 
 

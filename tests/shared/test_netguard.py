@@ -183,11 +183,6 @@ def server() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def http(loopback_http: GuardedHttp) -> GuardedHttp:
-    return loopback_http
-
-
 def test_loopback_needs_the_allowlist(server: str) -> None:
     port = int(server.rsplit(":", 1)[1])
     http = GuardedHttp(UrlPolicy(allowed_ports=[port]))
@@ -196,8 +191,8 @@ def test_loopback_needs_the_allowlist(server: str) -> None:
     http.close()
 
 
-def test_fetches_through_the_allowlist(server: str, http: GuardedHttp) -> None:
-    assert http.get_bytes(f"{server}/image.png", max_bytes=10**6, deadline_s=5) == BODY
+def test_fetches_through_the_allowlist(server: str, loopback_http: GuardedHttp) -> None:
+    assert loopback_http.get_bytes(f"{server}/image.png", max_bytes=10**6, deadline_s=5) == BODY
 
 
 def test_pinned_connection_keeps_the_name_in_the_host_header(server: str) -> None:
@@ -209,34 +204,34 @@ def test_pinned_connection_keeps_the_name_in_the_host_header(server: str) -> Non
     assert body == f"images.test:{port}".encode()
 
 
-def test_up_to_three_redirects_each_checked(server: str, http: GuardedHttp) -> None:
-    assert http.get_bytes(f"{server}/redirect/3", max_bytes=10**6, deadline_s=5) == BODY
+def test_up_to_three_redirects_each_checked(server: str, loopback_http: GuardedHttp) -> None:
+    assert loopback_http.get_bytes(f"{server}/redirect/3", max_bytes=10**6, deadline_s=5) == BODY
     with pytest.raises(BlockedURL, match="more than 3 redirects"):
-        http.get_bytes(f"{server}/redirect/4", max_bytes=10**6, deadline_s=5)
+        loopback_http.get_bytes(f"{server}/redirect/4", max_bytes=10**6, deadline_s=5)
 
 
-def test_a_redirect_to_metadata_is_refused(server: str, http: GuardedHttp) -> None:
+def test_a_redirect_to_metadata_is_refused(server: str, loopback_http: GuardedHttp) -> None:
     with pytest.raises(BlockedURL, match=r"169\.254\.169\.254"):
-        http.get_bytes(f"{server}/to-metadata", max_bytes=10**6, deadline_s=5)
+        loopback_http.get_bytes(f"{server}/to-metadata", max_bytes=10**6, deadline_s=5)
     with pytest.raises(BlockedURL, match="non-canonical"):
-        http.get_bytes(f"{server}/to-decimal-loopback", max_bytes=10**6, deadline_s=5)
+        loopback_http.get_bytes(f"{server}/to-decimal-loopback", max_bytes=10**6, deadline_s=5)
 
 
-def test_byte_cap_holds_without_content_length(server: str, http: GuardedHttp) -> None:
+def test_byte_cap_holds_without_content_length(server: str, loopback_http: GuardedHttp) -> None:
     with pytest.raises(BlockedURL, match="exceeds 10000 bytes"):
-        http.get_bytes(f"{server}/no-length", max_bytes=10_000, deadline_s=5)
+        loopback_http.get_bytes(f"{server}/no-length", max_bytes=10_000, deadline_s=5)
 
 
 def test_a_lying_content_length_never_yields_more_than_it_claims(
-    server: str, http: GuardedHttp
+    server: str, loopback_http: GuardedHttp
 ) -> None:
-    body = http.get_bytes(f"{server}/lying-length", max_bytes=10_000, deadline_s=5)
+    body = loopback_http.get_bytes(f"{server}/lying-length", max_bytes=10_000, deadline_s=5)
     assert len(body) == 100
 
 
-def test_a_slow_drip_hits_the_total_deadline(server: str, http: GuardedHttp) -> None:
+def test_a_slow_drip_hits_the_total_deadline(server: str, loopback_http: GuardedHttp) -> None:
     """Each byte arrives well within a read timeout; only a total deadline stops this."""
     started = time.monotonic()
     with pytest.raises(BlockedURL, match="longer than 1 s"):
-        http.get_bytes(f"{server}/drip", max_bytes=10**6, deadline_s=1)
+        loopback_http.get_bytes(f"{server}/drip", max_bytes=10**6, deadline_s=1)
     assert time.monotonic() - started < 3  # stopped by the deadline, not by the body's end

@@ -21,29 +21,24 @@ def server() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def http(loopback_http: GuardedHttp) -> GuardedHttp:
-    return loopback_http
+def test_fetches_the_body(server: str, loopback_http: GuardedHttp) -> None:
+    assert fetch_image(loopback_http, f"{server}/image.png", 1_000_000, 5) == BODY
 
 
-def test_fetches_the_body(server: str, http: GuardedHttp) -> None:
-    assert fetch_image(http, f"{server}/image.png", 1_000_000, 5) == BODY
-
-
-def test_byte_cap_is_named(server: str, http: GuardedHttp) -> None:
+def test_byte_cap_is_named(server: str, loopback_http: GuardedHttp) -> None:
     with pytest.raises(ImageFetchError, match=r"^image: the download exceeds 1000 bytes$"):
-        fetch_image(http, f"{server}/image.png", 1000, 5)
+        fetch_image(loopback_http, f"{server}/image.png", 1000, 5)
 
 
-def test_http_error_status_is_named(server: str, http: GuardedHttp) -> None:
+def test_http_error_status_is_named(server: str, loopback_http: GuardedHttp) -> None:
     with pytest.raises(ImageFetchError, match="answered HTTP 404"):
-        fetch_image(http, f"{server}/missing", 1_000_000, 5)
+        fetch_image(loopback_http, f"{server}/missing", 1_000_000, 5)
 
 
-def test_too_many_redirects_is_named(server: str, http: GuardedHttp) -> None:
-    assert fetch_image(http, f"{server}/redirect/3", 1_000_000, 5) == BODY
+def test_too_many_redirects_is_named(server: str, loopback_http: GuardedHttp) -> None:
+    assert fetch_image(loopback_http, f"{server}/redirect/3", 1_000_000, 5) == BODY
     with pytest.raises(ImageFetchError, match="more than 3 redirects"):
-        fetch_image(http, f"{server}/redirect/4", 1_000_000, 5)
+        fetch_image(loopback_http, f"{server}/redirect/4", 1_000_000, 5)
 
 
 def test_private_address_without_allowlist_is_named(server: str) -> None:
@@ -53,6 +48,6 @@ def test_private_address_without_allowlist_is_named(server: str) -> None:
     http.close()
 
 
-def test_unreachable_host_is_named(http: GuardedHttp) -> None:
+def test_unreachable_host_is_named(loopback_http: GuardedHttp) -> None:
     with pytest.raises(ImageFetchError, match="could not fetch the URL \\(ConnectError\\)"):
-        fetch_image(http, "http://127.0.0.1:9/a.png", 1_000_000, 5)
+        fetch_image(loopback_http, "http://127.0.0.1:9/a.png", 1_000_000, 5)

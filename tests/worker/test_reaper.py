@@ -58,7 +58,8 @@ def test_a_job_whose_worker_died_is_queued_again(jobs: JobStore, settings: Setti
     record = jobs.get(job.task_id)
     assert record.state is JobState.QUEUED and record.worker is None
     assert job.task_id not in jobs.running(QUEUE)
-    assert jobs.queue_position(record) is not None  # counted among the waiting again
+    position, _, _ = jobs.queue_snapshot(record, settings.worker_stale_after_s)
+    assert position is not None  # counted among the waiting again
     ((name, options),) = sent
     assert name == GENERATE_TASK
     assert options["task_id"] == job.task_id and options["queue"] == QUEUE

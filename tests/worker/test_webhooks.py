@@ -42,13 +42,8 @@ def receiver() -> Iterator[str]:
         yield f"{url}/hook"
 
 
-@pytest.fixture
-def http(loopback_http: GuardedHttp) -> GuardedHttp:
-    return loopback_http
-
-
-def test_a_delivery_verifies_with_the_sdk_helper(receiver: str, http: GuardedHttp) -> None:
-    assert deliver(http, Webhook(SECRET), receiver, "msg_1", BODY, 5) is None
+def test_a_delivery_verifies_with_the_sdk_helper(receiver: str, loopback_http: GuardedHttp) -> None:
+    assert deliver(loopback_http, Webhook(SECRET), receiver, "msg_1", BODY, 5) is None
     headers, body = Receiver.seen[0]
     event: dict[str, Any] = verify_webhook(body, headers, SECRET)
     assert event["data"]["task_id"] == "abc"
@@ -56,9 +51,9 @@ def test_a_delivery_verifies_with_the_sdk_helper(receiver: str, http: GuardedHtt
 
 
 def test_a_tampered_or_foreign_delivery_fails_verification(
-    receiver: str, http: GuardedHttp
+    receiver: str, loopback_http: GuardedHttp
 ) -> None:
-    deliver(http, Webhook(SECRET), receiver, "msg_1", BODY, 5)
+    deliver(loopback_http, Webhook(SECRET), receiver, "msg_1", BODY, 5)
     headers, body = Receiver.seen[0]
     with pytest.raises(InvalidWebhook):
         verify_webhook(body.replace(b"abc", b"abd"), headers, SECRET)
@@ -67,14 +62,14 @@ def test_a_tampered_or_foreign_delivery_fails_verification(
         verify_webhook(body, headers, other)
 
 
-def test_a_non_2xx_answer_is_reported(receiver: str, http: GuardedHttp) -> None:
+def test_a_non_2xx_answer_is_reported(receiver: str, loopback_http: GuardedHttp) -> None:
     Receiver.answers = [500]
-    assert deliver(http, Webhook(SECRET), receiver, "msg_1", BODY, 5) == "HTTP 500"
+    assert deliver(loopback_http, Webhook(SECRET), receiver, "msg_1", BODY, 5) == "HTTP 500"
 
 
-def test_a_redirect_is_not_followed(http: GuardedHttp, receiver: str) -> None:
+def test_a_redirect_is_not_followed(loopback_http: GuardedHttp, receiver: str) -> None:
     Receiver.answers = [307]  # without Location: reported as the status it is
-    assert deliver(http, Webhook(SECRET), receiver, "msg_1", BODY, 5) == "HTTP 307"
+    assert deliver(loopback_http, Webhook(SECRET), receiver, "msg_1", BODY, 5) == "HTTP 307"
 
 
 def test_private_receivers_are_refused_without_the_allowlist(receiver: str) -> None:
