@@ -77,7 +77,9 @@ ERRORS: dict[int, tuple[str, str]] = {
     405: ("MethodNotAllowed", "The path exists but not with this method; `Allow` lists them."),
     409: ("Conflict", "The `Idempotency-Key` was used with a different body."),
     413: ("PayloadTooLarge", "The body is larger than `EASEL_MAX_BODY_BYTES`."),
+    414: ("URITooLong", "The request line is longer than the server reads (4094 bytes)."),
     429: ("TooManyRequests", "Rate limit reached; retry after `Retry-After` seconds."),
+    431: ("HeaderFieldsTooLarge", "A header is longer than the server reads (8190 bytes)."),
     500: ("InternalError", "A bug; the answer never carries a traceback."),
     503: ("Unavailable", "Redis or S3 unreachable, or no live worker serves the GPU class."),
 }
@@ -100,7 +102,8 @@ IDEMPOTENCY_KEY: Schema = {
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
 }
-KEYED = (401, 405, 429, 500, 503)  # what any keyed route may answer
+SERVER = (414, 431, 500)  # what any request may get, from gunicorn or a bug
+KEYED = (401, 405, 429, 503, *SERVER)  # what any keyed route may answer
 PUBLIC: list[dict[str, list[str]]] = []  # ``security`` of a route that needs no key
 
 
@@ -333,7 +336,7 @@ def service_paths(ref: dict[type[BaseModel], str]) -> Schema:
                 "summary": summary,
                 "operationId": operation_id,
                 "security": PUBLIC,
-                "responses": {"200": response, **errors(405, 500, *statuses)},
+                "responses": {"200": response, **errors(405, *SERVER, *statuses)},
             }
         }
 
