@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -44,10 +45,15 @@ def run_dev(port: int = 8000) -> None:
         write_env_file(env, api_url, key)
         os.environ.update(env)
         wait_until(lambda: ensure_bucket(), 60, "S3")
-        for gpu in InferenceType:
-            stack.callback(stop, spawn(["worker", "--gpu", gpu.value], LOGS / f"worker-{gpu}.log"))
-        stack.callback(stop, spawn(["webhooks", "--concurrency", "4"], LOGS / "webhooks.log"))
-        stack.callback(stop, spawn(["api", "--bind", f"127.0.0.1:{port}"], LOGS / "api.log"))
+        # Stopped together: each Celery worker's warm shutdown takes seconds, and Ctrl-C
+        # should not wait for them one after another.
+        children = [
+            spawn(["worker", "--gpu", gpu.value], LOGS / f"worker-{gpu}.log")
+            for gpu in InferenceType
+        ]
+        children.append(spawn(["webhooks", "--concurrency", "4"], LOGS / "webhooks.log"))
+        children.append(spawn(["api", "--bind", f"127.0.0.1:{port}"], LOGS / "api.log"))
+        stack.callback(stop, *children)
         wait_until(lambda: check_ready(api_url), 300, "the API and its warm workers")
         print_welcome(api_url, key)
         try:
@@ -107,14 +113,17 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "easel", *args], stdout=out, stderr=out)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Ask a child to stop, then insist."""
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def stop(*processes: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """Ask children to stop, all at once, then insist on those still there after grace_s."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def check_ready(api_url: str) -> None:
