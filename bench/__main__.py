@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    started = time.time()
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    started, load_at_start = time.time(), os.getloadavg()
+    print(f"load average at start: {load_at_start}", flush=True)
     rows: list[Row] = []
     details: dict[str, Any] = {}
     for name in (section for section in SECTIONS if section in chosen):
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         details[name] = {**section_details, "load_average_at_start": load}
     print(f"[{time.time() - started:6.1f} s] done", flush=True)
     print_table(rows)
-    print(f"wrote {write_results(rows, details, started)}")
+    print(f"wrote {write_results(rows, details, started, load_at_start)}")
 
 
 def run_section(name: str) -> tuple[list[Row], dict[str, Any]]:

@@ -62,7 +62,7 @@ def hardware() -> dict[str, Any]:
         "cpu_model": model,
         "gpu": "none",
         "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_end": os.getloadavg(),
     }
 
 
@@ -91,9 +91,12 @@ def print_table(rows: list[Row]) -> None:
     Console(width=160).print(table)
 
 
-def write_results(rows: list[Row], details: dict[str, Any], started: float) -> Path:
+def write_results(
+    rows: list[Row], details: dict[str, Any], started: float, load_at_start: tuple[float, ...]
+) -> Path:
     """Everything measured, as JSON next to this file."""
     payload = {
+        "load_average_at_start": load_at_start,
         "command": "make bench  (python -m bench)",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
