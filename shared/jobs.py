@@ -4,7 +4,8 @@ Keys (all under ``easel:``):
     job:<id>           the JobRecord as JSON, expiring after the job TTL
     tomb:<id>          the owner of a job, kept 4x longer, so an expired id says "expired"
     input:<id>         the bytes of an image sent as a data URI, deleted when the job ends
-    done:<id>          a list the worker pushes to when the job ends; waiters BLPOP it
+    done:<id>          a list the worker pushes to when the job ends; waiters BLMOVE it onto
+                       itself, which wakes every waiter and leaves the signal for the next
     cancel:<id>        set when the owner cancels; a running job checks it every step
     queued:<queue>     sorted set of waiting task ids by submit time: queue positions
     running:<queue>    sorted set of running task ids by start time: what the reaper checks
@@ -38,7 +39,7 @@ def connect_redis(settings: Settings) -> redis.Redis:
     """A Redis client that fails within the configured timeout instead of hanging."""
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout_s + 1.0,  # BLPOP waits up to 1 s on top
+        socket_timeout=settings.redis_timeout_s + 1.0,  # BLMOVE waits up to 1 s on top
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
@@ -69,11 +70,18 @@ class JobStore:
         pipe.zadd(key("owner", record.owner), {task_id: record.created_at})
         _run(pipe.execute)
 
-    def get(self, task_id: str) -> JobRecord:
-        """The record of one job, or UnknownTask (ExpiredTask past its retention)."""
+    def get(self, task_id: str, owner: str | None = None) -> JobRecord:
+        """The record of one job, or UnknownTask (ExpiredTask past its retention).
+
+        With ``owner``, only that owner learns that an expired id once existed; anyone
+        else gets UnknownTask, as for a live job of someone else's.
+        """
         raw = _run(partial(self.redis.get, key("job", task_id)))
         if raw is None:
-            if _run(partial(self.redis.exists, key("tomb", task_id))):
+            tomb = _run(partial(self.redis.get, key("tomb", task_id)))
+            if isinstance(tomb, bytes):
+                tomb = tomb.decode()
+            if tomb is not None and (owner is None or tomb == owner):
                 raise ExpiredTask(f"task_id: task {task_id!r} expired and its outputs are gone")
             raise UnknownTask(f"task_id: no task {task_id!r}")
         return JobRecord.model_validate_json(raw)
@@ -245,7 +253,12 @@ class JobStore:
                 return record
             # Re-read the record at least once a second, so a lost signal costs at most that.
             wait = max(0.01, min(1.0, remaining))
-            _run(partial(self.redis.blpop, [key("done", task_id)], timeout=wait))
+            # BLMOVE onto the same list rotates the signal instead of taking it, so every
+            # waiter on this job (a sync submit, long polls, an idempotent retry) wakes,
+            # not only the first.
+            done = key("done", task_id)
+            # (Redis takes a decimal timeout since 6.0; redis-py's hint still says int.)
+            _run(partial(self.redis.blmove, done, done, wait, "LEFT", "RIGHT"))  # type: ignore[arg-type]
 
 
 class WorkerLiveness:
