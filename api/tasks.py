@@ -52,8 +52,9 @@ def parse_args(model: type[M]) -> M:
 
 def owned_task(task_id: str) -> JobRecord:
     """The caller's task; someone else's is as unknown as a missing one."""
-    record = get_services().jobs.get(task_id)
-    if record.owner != current_owner():
+    owner = current_owner()
+    record = get_services().jobs.get(task_id, owner)
+    if record.owner != owner:
         raise UnknownTask(f"task_id: no task {task_id!r}")
     return record
 
