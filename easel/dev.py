@@ -31,6 +31,7 @@ def run_dev(port: int = 8000) -> None:
     key = os.environ.get("EASEL_BOOTSTRAP_API_KEY") or remembered_secret("api-key", "easel_dev_")
     s3_secret = remembered_secret("s3-secret")
     webhook_secret = remembered_secret("webhook-secret", "whsec_", token=webhook_token)
+    key_hash_secret = remembered_secret("key-hash-secret")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with ExitStack() as stack:
         stack.callback(print, "\nstopped.", flush=True)
@@ -41,7 +42,7 @@ def run_dev(port: int = 8000) -> None:
         s3_log = stack.enter_context(open(LOGS / "s3.log", "ab"))
         s3 = start_s3(STATE / "s3", "easel", s3_secret, log=s3_log)
         stack.callback(s3.stop)
-        env = stack_env(redis, s3, s3_secret, key, webhook_secret)
+        env = stack_env(redis, s3, s3_secret, key, webhook_secret, key_hash_secret)
         write_env_file(env, api_url, key)
         os.environ.update(env)
         wait_until(lambda: ensure_bucket(), 60, "S3")
@@ -81,7 +82,7 @@ def remembered_secret(
 
 
 def stack_env(
-    redis: Server, s3: Server, s3_secret: str, key: str, webhook_secret: str
+    redis: Server, s3: Server, s3_secret: str, key: str, webhook_secret: str, key_hash_secret: str
 ) -> dict[str, str]:
     """The EASEL_* variables every process of the local stack shares."""
     return {
@@ -94,6 +95,7 @@ def stack_env(
         "EASEL_WARM_MODELS": '["tiny-sd"]',
         "EASEL_TORCH_THREADS": "1",  # three CPU workers share a laptop's cores
         "EASEL_WEBHOOK_SECRET": webhook_secret,
+        "EASEL_KEY_HASH_SECRET": key_hash_secret,
         # Locally, images and webhook receivers live on this machine; deployments leave
         # this unset, so private addresses stay refused.
         "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1,localhost",

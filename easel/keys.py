@@ -36,13 +36,17 @@ def add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 def run_key_command(args: argparse.Namespace) -> int:
     """Run one ``easel keys`` subcommand; the exit status."""
     from shared.jobs import connect_redis
-    from shared.keys import KeyStore, UnknownKeyId
+    from shared.keys import KeyStore, NoKeySecret, UnknownKeyId
     from shared.settings import Settings
 
     settings = Settings()
     store = KeyStore(connect_redis(settings), settings)
     if args.keys_command == "create":
-        return create(store, settings, args.name, args.rate, args.max_inflight)
+        try:
+            return create(store, settings, args.name, args.rate, args.max_inflight)
+        except NoKeySecret as exc:
+            print(f"easel keys create: {exc}", file=sys.stderr)
+            return 2
     if args.keys_command == "list":
         return show(store.all_keys(), as_json=args.json)
     try:

@@ -47,6 +47,11 @@ class UnknownKeyId(LookupError):
     """No key has this id."""
 
 
+class NoKeySecret(RuntimeError):
+    """``EASEL_KEY_HASH_SECRET`` is unset, so no key can be hashed: only the bootstrap key
+    authenticates."""
+
+
 class KeyRecord(BaseModel):
     """What Easel knows about one API key; ``owner`` is stored on the jobs it creates."""
 
@@ -83,10 +88,13 @@ class KeyStore:
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
-        self._secret = settings.key_hash_secret.get_secret_value().encode()
+        secret = settings.key_hash_secret
+        self._secret = None if secret is None else secret.get_secret_value().encode()
 
     def hash(self, api_key: str) -> str:
         """HMAC-SHA256 of a key under the server's secret, as hex."""
+        if self._secret is None:
+            raise NoKeySecret("EASEL_KEY_HASH_SECRET is unset: set it to create or use API keys")
         return hmac.new(self._secret, api_key.encode(), hashlib.sha256).hexdigest()
 
     def create(self, name: str, rate: str, max_inflight: int) -> tuple[str, KeyRecord]:
@@ -106,6 +114,8 @@ class KeyStore:
 
     def lookup(self, api_key: str) -> KeyRecord | None:
         """The record of a key (revoked ones included), or None if no such key exists."""
+        if self._secret is None:
+            return None  # no secret, no stored keys to match
         digest = self.hash(api_key)
         raw = _run(partial(self.redis.get, key("apikey", digest)))
         if raw is None:

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
 
     # API keys (shared/keys.py): only HMAC-SHA256(key_hash_secret, key) is stored.
     bootstrap_api_key: SecretStr | None = None
-    key_hash_secret: SecretStr = SecretStr("easel-dev-only-change-me")
+    # No default: a secret in the source would be everyone's. Unset, only the bootstrap key
+    # works and `easel keys create` refuses; `easel dev` keeps a generated one in .easel/.
+    key_hash_secret: SecretStr | None = Field(default=None, min_length=16)
     default_rate_limit: str = "600/minute"  # Flask-Limiter syntax; per key
     default_max_inflight: int = Field(default=64, ge=1)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

@@ -65,6 +65,7 @@ def stack_env(redis_server: Server, s3_server: Server, state_dir: Path) -> dict[
         "EASEL_WARM_MODELS": '["tiny-sd"]',
         "EASEL_TORCH_THREADS": "1",
         "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "EASEL_KEY_HASH_SECRET": "easel-test-key-hash-secret",
         # Test images and webhook receivers are served on loopback.
         "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1",
         # Tests poll fast and share the bootstrap key: the limits are tested with keys of

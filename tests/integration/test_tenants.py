@@ -25,6 +25,16 @@ def easel_keys(stack_env: dict[str, str], *args: str) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
+def test_keys_create_without_a_secret_refuses_and_says_which(stack_env: dict[str, str]) -> None:
+    env = {k: v for k, v in {**os.environ, **stack_env}.items() if k != "EASEL_KEY_HASH_SECRET"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "easel", "keys", "create", "--name", "nope"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "EASEL_KEY_HASH_SECRET is unset" in refused.stderr
+
+
 def new_key(stack_env: dict[str, str], name: str) -> tuple[str, str]:
     """A fresh key and its id."""
     created = easel_keys(stack_env, "create", "--name", name)

@@ -7,9 +7,10 @@ import time
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from shared.jobs import JobStore, connect_redis, key
-from shared.keys import KEY_PREFIX, InflightCap, KeyRecord, KeyStore, UnknownKeyId
+from shared.keys import KEY_PREFIX, InflightCap, KeyRecord, KeyStore, NoKeySecret, UnknownKeyId
 from shared.settings import Settings
 from tests.conftest import job_record, settings_from
 
@@ -65,8 +66,24 @@ def test_the_hash_depends_on_the_server_secret(
     store: KeyStore, client: redis.Redis, stack_env: dict[str, str]
 ) -> None:
     api_key, _ = store.create("secret", "60/minute", 8)
-    other = KeyStore(client, settings_from(stack_env, key_hash_secret="another-secret"))
+    other = KeyStore(client, settings_from(stack_env, key_hash_secret="another-secret-of-24-chars"))
     assert other.lookup(api_key) is None
+
+
+def test_without_a_secret_no_key_is_made_or_matched(
+    store: KeyStore, client: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    api_key, _ = store.create("before-the-secret-went", "60/minute", 8)
+    unset = {k: v for k, v in stack_env.items() if k != "EASEL_KEY_HASH_SECRET"}
+    keyless = KeyStore(client, settings_from(unset))
+    assert keyless.lookup(api_key) is None
+    with pytest.raises(NoKeySecret, match="EASEL_KEY_HASH_SECRET"):
+        keyless.create("after", "60/minute", 8)
+
+
+def test_a_short_secret_is_refused(stack_env: dict[str, str]) -> None:
+    with pytest.raises(ValidationError, match="key_hash_secret"):
+        settings_from(stack_env, key_hash_secret="short")
 
 
 def test_a_record_filed_under_another_hash_does_not_authenticate(
