@@ -30,8 +30,11 @@ Loader = Callable[[ModelSpec, Settings], Any]
 class PipelineCache:
     """An LRU of loaded pipelines, bounded by count and by a VRAM budget; loads are serialized.
 
-    ``vram_budget_gb`` (None: unbounded) evicts least-recently-used pipelines until the
-    next model's ``vram_gb`` fits beside the ones kept. ``load`` is swappable for tests.
+    ``vram_budget_gb`` evicts least-recently-used pipelines until the next model's
+    ``vram_gb`` fits beside the ones kept. None means: 90 % of the GPU's memory on CUDA,
+    read when the first model loads (in the process that runs jobs, never the Celery
+    parent, which must not touch CUDA before it forks), and unbounded on CPU. ``load`` is
+    swappable for tests.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class PipelineCache:
         self.settings = settings
         self.capacity = capacity
         self.vram_budget_gb = vram_budget_gb
+        self._budget_read = vram_budget_gb is not None
         self._load = load or load_pipeline
         self._pipes: OrderedDict[str, tuple[ModelSpec, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -66,11 +70,19 @@ class PipelineCache:
             self._pipes.clear()
             release_memory(self.settings.device)
 
+    def release(self) -> None:
+        """Keep the pipelines, free what a failed job left behind (its tensors' blocks)."""
+        with self._lock:
+            release_memory(self.settings.device)
+
     def loaded(self) -> list[str]:
         """The app_ids held now, least recently used first."""
         return list(self._pipes)
 
     def _make_room(self, spec: ModelSpec) -> None:
+        if not self._budget_read:
+            self.vram_budget_gb = device_budget_gb(self.settings.device)
+            self._budget_read = True
         budget = self.vram_budget_gb
         if budget is not None and spec.vram_gb > budget:
             raise ModelError(
@@ -98,6 +110,18 @@ def release_memory(device_setting: str) -> None:
     gc.collect()  # a pipeline's modules reference each other; drop them before emptying
     if pick_device(device_setting).startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def device_budget_gb(device_setting: str, share: float = 0.9) -> float | None:
+    """``share`` of the GPU's memory in GB on CUDA (the rest is activations' headroom);
+    None on CPU."""
+    import torch
+
+    device = pick_device(device_setting)
+    if not device.startswith("cuda"):
+        return None
+    total: int = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return round(share * total / 2**30, 1)
 
 
 def pick_device(setting: str) -> str:

@@ -109,6 +109,8 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
             fail(record, f"internal error: {type(exc).__name__}: {exc}")
             if is_out_of_memory(exc):
                 ctx.pipelines.clear()  # the next job starts from a clean GPU
+            else:
+                ctx.pipelines.release()  # keep the models, free the failed job's memory
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     persist(ctx.jobs.finish, record)

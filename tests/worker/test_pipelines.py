@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -141,6 +142,32 @@ def test_eviction_on_cuda_empties_the_cuda_cache(monkeypatch: pytest.MonkeyPatch
     assert emptied == []
     cache.get(spec_of("tiny-sd", app_id="b", vram_gb=6.0))
     assert emptied == [True]
+
+
+def test_without_a_setting_the_budget_is_most_of_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    class Properties:
+        total_memory = 24 * 2**30  # an A10G
+
+    asked: list[Any] = []
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: asked.append(device) or Properties
+    )
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cache = PipelineCache(Settings(device="cuda"), capacity=9, load=FakeLoader())
+    assert asked == []  # nothing touches CUDA until a model loads (Celery forks first)
+    cache.get(spec_of("tiny-sd", app_id="a", vram_gb=12.0))
+    assert cache.vram_budget_gb == 21.6  # 90 % of 24 GB
+    cache.get(spec_of("tiny-sd", app_id="b", vram_gb=12.0))  # 24 GB would not fit in 21.6
+    assert cache.loaded() == ["b"] and len(asked) == 1
+
+
+def test_on_cpu_without_a_setting_there_is_no_budget() -> None:
+    cache = PipelineCache(Settings(device="cpu"), capacity=9, load=FakeLoader())
+    for app_id in ("a", "b"):
+        cache.get(spec_of("tiny-sd", app_id=app_id, vram_gb=500.0))
+    assert cache.vram_budget_gb is None and cache.loaded() == ["a", "b"]
 
 
 def test_loaded_pipelines_use_sdpa_attention(cache: PipelineCache) -> None:

@@ -219,3 +219,25 @@ def test_out_of_memory_fails_the_job_and_empties_the_cache(ctx: WorkerContext) -
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error is not None and "out of memory" in done.error and "\n" not in done.error
     assert cache.loaded() == []  # freed for the next job
+
+
+def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.pipelines
+    import worker.runner
+
+    def broken(*args: Any) -> Any:
+        raise ValueError("the pipeline broke")
+
+    released: list[str] = []
+    monkeypatch.setattr(worker.runner, "run_img2img", broken)
+    monkeypatch.setattr(worker.pipelines, "release_memory", released.append)
+    cache = PipelineCache(ctx.settings, load=lambda spec, settings: object())
+    broken = dataclasses.replace(ctx, pipelines=cache)
+    job = queued_job(ctx, batch=1)
+    done = run_job(broken, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.FAILED
+    assert done.error == "internal error: ValueError: the pipeline broke"
+    assert released == [ctx.settings.device]  # the failed job's memory, freed
+    assert cache.loaded() == ["tiny-sd"]  # the model stays warm for the next job
