@@ -12,6 +12,11 @@ Both the image fetch and webhook delivery go through :class:`GuardedHttp`:
    and in TLS SNI, so a second DNS answer cannot swap in another address.
 4. Follow at most ``max_redirects`` redirects, each hop checked again from step 1.
 5. Enforce a byte cap while streaming and one wall-clock deadline over the whole exchange.
+   Per-read timeouts alone would let a server that sends a byte just before each read
+   times out stretch an exchange far past it, so at the deadline the socket is shut, which
+   ends a read blocked on it at once. The socket comes from httpcore's ``trace`` extension
+   at connect time; keep-alive is off, so every request makes (and shows) its connection.
+   DNS resolution stays outside the deadline: ``getaddrinfo`` cannot be interrupted.
 
 ``allowlist`` (``EASEL_IMAGE_URL_ALLOWLIST``) is the one way to reach a private address: a
 host name, ``host:port``, or a CIDR. A matching entry also allows its port.
@@ -26,9 +31,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
@@ -188,7 +194,12 @@ class GuardedHttp:
 
     def __init__(self, policy: UrlPolicy, transport: httpx.BaseTransport | None = None) -> None:
         self.policy = policy
-        self.client = httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
+        self.client = httpx.Client(
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),  # see step 5
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -207,28 +218,37 @@ class GuardedHttp:
         deadline = time.monotonic() + deadline_s
         headers = kwargs.pop("headers", {})
         current = url
-        for _hop in range(max_redirects + 1):
-            target = self.policy.check(current)
-            request = self.client.build_request(
-                method,
-                target.pinned_url,
-                headers={"Host": target.url.netloc.decode("ascii"), **headers},
-                extensions={
-                    "sni_hostname": target.url.host,
-                    "timeout": _timeouts(deadline),
-                },
-                **kwargs,
-            )
-            response = self.client.send(request, stream=True)
-            try:
-                if response.status_code in _REDIRECTS and "location" in response.headers:
-                    current = urljoin(str(target.url), response.headers["location"])
-                    method = "GET" if response.status_code == 303 else method
-                    continue
-                yield response, deadline
-                return
-            finally:
-                response.close()
+        watchdog = _Watchdog(deadline)
+        try:
+            for _hop in range(max_redirects + 1):
+                target = self.policy.check(current)
+                request = self.client.build_request(
+                    method,
+                    target.pinned_url,
+                    headers={"Host": target.url.netloc.decode("ascii"), **headers},
+                    extensions={
+                        "sni_hostname": target.url.host,
+                        "timeout": _timeouts(deadline),
+                        "trace": watchdog.trace,
+                    },
+                    **kwargs,
+                )
+                response = self.client.send(request, stream=True)
+                try:
+                    if response.status_code in _REDIRECTS and "location" in response.headers:
+                        current = urljoin(str(target.url), response.headers["location"])
+                        method = "GET" if response.status_code == 303 else method
+                        continue
+                    yield response, deadline
+                    return
+                finally:
+                    response.close()
+        except httpx.TransportError:
+            if watchdog.fired:
+                raise httpx.ReadTimeout(f"the exchange took longer than {deadline_s:g} s") from None
+            raise
+        finally:
+            watchdog.cancel()
         raise BlockedURL(f"more than {max_redirects} redirects")
 
     def get_bytes(self, url: str, *, max_bytes: int, deadline_s: float) -> bytes:
@@ -242,9 +262,40 @@ class GuardedHttp:
                 if size > max_bytes:
                     raise BlockedURL(f"the download exceeds {max_bytes} bytes")
                 if time.monotonic() > deadline:
-                    raise BlockedURL(f"the download took longer than {deadline_s:g} s")
+                    raise httpx.ReadTimeout(f"the exchange took longer than {deadline_s:g} s")
                 chunks.append(chunk)
             return b"".join(chunks)
+
+
+class _Watchdog:
+    """Shuts every socket of one exchange at its deadline (step 5 of the module docstring)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._timers: list[threading.Timer] = []
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: arm a timer for each new connection's socket."""
+        if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if sock is None:
+            return
+        remaining = max(0.0, self.deadline - time.monotonic())
+        timer = threading.Timer(remaining, self._shut, [sock])
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def _shut(self, sock: socket.socket) -> None:
+        self.fired = True
+        with suppress(OSError):  # already closed: the exchange ended as the timer fired
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
 
 
 def _timeouts(deadline: float) -> dict[str, float]:

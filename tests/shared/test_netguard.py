@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
+import httpx
 import pytest
 
 from shared.netguard import BlockedURL, GuardedHttp, UrlPolicy, blocked_reason
@@ -158,8 +159,22 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.1)
+        elif path == "/stall":  # each byte just inside a 2.5 s read timeout, forever-ish
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self._trickle(b"xxxx")
+        elif path == "/stall-headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            self._trickle(b"X-Slow: aaaa")
         else:
             self._send(404, b"")
+
+    def _trickle(self, data: bytes) -> None:
+        for byte in data:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(2.5)
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -232,6 +247,18 @@ def test_a_lying_content_length_never_yields_more_than_it_claims(
 def test_a_slow_drip_hits_the_total_deadline(server: str, loopback_http: GuardedHttp) -> None:
     """Each byte arrives well within a read timeout; only a total deadline stops this."""
     started = time.monotonic()
-    with pytest.raises(BlockedURL, match="longer than 1 s"):
+    with pytest.raises(httpx.TimeoutException, match="longer than 1 s"):
         loopback_http.get_bytes(f"{server}/drip", max_bytes=10**6, deadline_s=1)
     assert time.monotonic() - started < 3  # stopped by the deadline, not by the body's end
+
+
+@pytest.mark.parametrize("path", ["/stall", "/stall-headers"])
+def test_the_deadline_cuts_a_read_that_would_outlast_it(
+    server: str, loopback_http: GuardedHttp, path: str
+) -> None:
+    """A read blocked past the deadline is cut there, in the body or still in the headers,
+    not when the next byte (2.5 s apart) would have let the deadline be checked."""
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException, match="longer than 3 s"):
+        loopback_http.get_bytes(f"{server}{path}", max_bytes=10**6, deadline_s=3)
+    assert time.monotonic() - started < 4.5  # the old per-read check ended at 5 s
