@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,8 +18,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import API_KEY, png_bytes
+from tests.conftest import API_KEY, data_uri, png_bytes, serve
 from tests.integration.conftest import ROOT
+from tests.integration.test_generation import poll, submit
+from tests.integration.test_job_control import watch
 
 pytestmark = pytest.mark.integration
 
@@ -71,25 +77,38 @@ def shown_error(driver: webdriver.Chrome) -> str | None:
     return box.text if box.is_displayed() else None
 
 
+def open_playground(driver: webdriver.Chrome, api_url: str) -> None:
+    """Load the page, pick tiny-sd once the models are listed, give the key, ask for one image."""
+    driver.get(f"{api_url}/")
+    wait(driver).until(lambda d: len(Select(d.find_element(By.ID, "app_id")).options) > 0)
+    Select(driver.find_element(By.ID, "app_id")).select_by_value("tiny-sd")
+    driver.find_element(By.ID, "api-key").send_keys(API_KEY)
+    set_field(driver, "batch", "1")
+
+
+def set_field(driver: webdriver.Chrome, field: str, value: str) -> None:
+    element = driver.find_element(By.ID, field)
+    element.clear()
+    element.send_keys(value)
+
+
+def submit_and_wait(driver: webdriver.Chrome) -> None:
+    """Click Generate, then wait for the first result image or the error box."""
+    driver.find_element(By.ID, "submit").click()
+    wait(driver, 90).until(lambda d: image_width(d) or shown_error(d))
+    assert shown_error(driver) is None, shown_error(driver)
+    assert driver.find_element(By.ID, "status").text.startswith("Done")
+
+
 def test_playground_uploads_a_file_and_shows_the_images(
     browser: webdriver.Chrome, api_url: str, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
     photo = tmp_path / "photo.png"
     photo.write_bytes(png_bytes(256, 256))
-    browser.get(f"{api_url}/")
-    wait(browser).until(lambda d: len(Select(d.find_element(By.ID, "app_id")).options) > 0)
-    Select(browser.find_element(By.ID, "app_id")).select_by_value("tiny-sd")
-    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    open_playground(browser, api_url)
     browser.find_element(By.ID, "image-file").send_keys(str(photo))
-    batch = browser.find_element(By.ID, "batch")
-    batch.clear()
-    batch.send_keys("1")
-    browser.find_element(By.ID, "submit").click()
-
-    wait(browser, 90).until(lambda d: image_width(d) or shown_error(d))
-    assert shown_error(browser) is None, shown_error(browser)
+    submit_and_wait(browser)
     assert image_width(browser) == 256
-    assert browser.find_element(By.ID, "status").text.startswith("Done")
     links = browser.find_elements(By.CSS_SELECTOR, "#results a.download")
     assert len(links) == 1
     bucket_url = f"{stack_env['EASEL_S3_ENDPOINT_URL']}/{stack_env['EASEL_S3_BUCKET']}/"
@@ -128,3 +147,123 @@ def test_docs_render_every_operation_from_local_files(
     documented = sum(len(item) for item in spec["paths"].values())
     assert len(operations) == documented  # every operation of the document is on the page
     assert "Unable to render" not in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_playground_submits_a_pasted_image_url(browser: webdriver.Chrome, api_url: str) -> None:
+    photo = png_bytes(320, 320)
+    requested: list[str] = []
+
+    class Photo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    # The test stack allows image URLs on 127.0.0.1 (EASEL_IMAGE_URL_ALLOWLIST).
+    with serve(Photo) as origin:
+        open_playground(browser, api_url)
+        browser.find_element(By.ID, "image-url").send_keys(f"{origin}/photo.png")
+        submit_and_wait(browser)
+    assert "/photo.png" in requested
+    assert image_width(browser) == 320  # the served photo's size, so it was the input
+
+
+# A drop as the browser delivers one: a File in a DataTransfer, on dragover then drop.
+# dispatchEvent answers false when the page called preventDefault, which is what keeps
+# the browser from opening the dropped file itself.
+DROP_FILE = """
+const [b64, name] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, { type: "image/png" }));
+const zone = document.getElementById("drop-zone");
+const fire = (type) => zone.dispatchEvent(
+  new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: data }));
+const overTaken = !fire("dragover");
+const highlighted = zone.classList.contains("dragging");
+const dropTaken = !fire("drop");
+return [overTaken, highlighted, dropTaken, zone.classList.contains("dragging")];
+"""
+
+
+def test_playground_takes_a_dropped_file(browser: webdriver.Chrome, api_url: str) -> None:
+    open_playground(browser, api_url)
+    photo = base64.b64encode(png_bytes(192, 192)).decode()
+    over, highlighted, dropped, still = browser.execute_script(DROP_FILE, photo, "drop.png")
+    assert (over, highlighted, dropped, still) == (True, True, True, False)
+    preview = "const p = document.getElementById('image-preview');"
+    preview += "return !p.hidden && p.complete ? p.naturalWidth : 0;"
+    assert wait(browser).until(lambda d: d.execute_script(preview)) == 192
+    assert browser.find_element(By.ID, "clear-file").is_displayed()
+    assert browser.find_element(By.ID, "image-url").get_attribute("value") == ""
+    submit_and_wait(browser)
+    assert image_width(browser) == 192  # the dropped file's size, so it was the input
+
+
+# Every change to the status line or the progress bar, as the page showed it: polling
+# from here could miss a state the page showed between two polls.
+RECORD_JOB_VIEW = """
+window.jobView = [];
+const snapshot = () => window.jobView.push({
+  status: document.getElementById("status").textContent,
+  hidden: document.getElementById("progress").hidden,
+  width: document.getElementById("progress-bar").style.width,
+});
+new MutationObserver(snapshot).observe(document.getElementById("job"), {
+  subtree: true, childList: true, characterData: true, attributes: true,
+  attributeFilter: ["style", "hidden"],
+});
+"""
+QUEUED_FIRST = re.compile(r"Queued at position 1(, starts in about [\d.]+ s)?")
+RUNNING_STEP = re.compile(r"Running: step (\d+) of (\d+)")
+
+
+def job_view(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """The recorded views, without repeats."""
+    views: list[dict[str, Any]] = []
+    for view in driver.execute_script("return window.jobView"):
+        if not views or view != views[-1]:
+            views.append(view)
+    return views
+
+
+def test_playground_shows_the_queue_position_then_the_progress_bar_moving(
+    browser: webdriver.Chrome, api_url: str, client: httpx.Client, tmp_path: Path
+) -> None:
+    # 768 px at strength 1 takes seconds on one CPU thread: ten steps, several page polls.
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(768, 768))
+    open_playground(browser, api_url)
+    Select(browser.find_element(By.ID, "inference_type")).select_by_value("a100")
+    set_field(browser, "strength", "1")
+    browser.find_element(By.ID, "image-file").send_keys(str(photo))
+    browser.execute_script(RECORD_JOB_VIEW)
+    slow = {"image": data_uri(photo.read_bytes()), "strength": 1.0, "celery": True}
+    blocker = submit(client, inference_type="a100", **slow).json()["task_id"]
+    watch(client, blocker, lambda e: e["state"] != "queued")  # it holds the a100 worker
+    submit_and_wait(browser)
+    assert image_width(browser) == 768
+    assert poll(client, blocker)["status"] == "SUCCESS"
+
+    views = job_view(browser)
+    statuses = [v["status"] for v in views]
+    queued = [i for i, v in enumerate(views) if QUEUED_FIRST.fullmatch(v["status"])]
+    assert queued, statuses
+    assert all(views[i]["hidden"] for i in queued)  # no bar while it waits
+    steps = [(i, RUNNING_STEP.fullmatch(v["status"])) for i, v in enumerate(views)]
+    running = [(i, int(m[1]), int(m[2])) for i, m in steps if m]
+    assert any(0 < step < total for _, step, total in running), statuses
+    for i, step, total in running:
+        assert not views[i]["hidden"]
+        assert float(views[i]["width"].rstrip("%")) == pytest.approx(100 * step / total, abs=0.1)
+    assert max(queued) < min(i for i, _, _ in running)
+    widths = [float(v["width"].rstrip("%")) for v in views if not v["hidden"]]
+    assert widths == sorted(widths), views  # the bar only moves forward
+    assert statuses[-1].startswith("Done")
+    assert (views[-1]["hidden"], views[-1]["width"]) == (False, "100%")
