@@ -120,8 +120,9 @@ def submit(
             ),
         )
     except BROKER_DOWN as exc:
-        with suppress(RedisError):  # unreachable too: the record simply expires
+        with suppress(RedisError):  # unreachable too: the reaper ends it (unpublished index)
             services.jobs.discard(record)
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc
+    services.jobs.published(record)
     count_job(record)
     return record

@@ -9,6 +9,9 @@ Keys (all under ``easel:``):
     cancel:<id>        set when the owner cancels; a running job checks it every step
     queued:<queue>     sorted set of waiting task ids by submit time: queue positions
     running:<queue>    sorted set of running task ids by start time: what the reaper checks
+    unpublished:<queue> ids recorded but not yet confirmed on the broker, by submit time: if
+                       the API could neither publish nor take the record back, the reaper
+                       ends the job FAILED instead of leaving it PENDING for the job TTL
     durations:<queue>  the last run times on a queue, for ETAs
     owner:<owner>      sorted set of an owner's task ids by submit time: listing
     inflight:<owner>   an owner's unfinished task ids: the in-flight cap (shared/keys.py)
@@ -39,7 +42,7 @@ def connect_redis(settings: Settings) -> redis.Redis:
     """A Redis client that fails within the configured timeout instead of hanging."""
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout_s + 1.0,  # BLMOVE waits up to 1 s on top
+        socket_timeout=settings.redis_timeout_s,  # JobStore.wait blocks for less than this
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
@@ -57,6 +60,10 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        # A blocking wait must end well inside the socket timeout, or the wait itself
+        # would read as an unreachable Redis.
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.block_s = 1.0 if socket_timeout is None else min(1.0, socket_timeout / 2)
 
     def create(self, record: JobRecord, image: bytes | None = None) -> None:
         """Store a new job, its inline image and its index entries atomically."""
@@ -68,7 +75,21 @@ class JobStore:
             pipe.set(key("input", task_id), image, ex=self.ttl_s)
         pipe.zadd(key("queued", record.queue), {task_id: record.created_at})
         pipe.zadd(key("owner", record.owner), {task_id: record.created_at})
+        pipe.zadd(key("unpublished", record.queue), {task_id: record.created_at})
         _run(pipe.execute)
+
+    def published(self, record: JobRecord) -> None:
+        """The broker has the job's message: it is no longer the reaper's to end."""
+        _run(partial(self.redis.zrem, key("unpublished", record.queue), record.task_id))
+
+    def unpublished(self, queue: str, before: float) -> list[str]:
+        """Ids recorded on ``queue`` before ``before`` whose publish was never confirmed."""
+        members = _run(partial(self.redis.zrangebyscore, key("unpublished", queue), 0, before))
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    def forget_unpublished(self, queue: str, task_id: str) -> None:
+        """Drop an entry of the unpublished index."""
+        _run(partial(self.redis.zrem, key("unpublished", queue), task_id))
 
     def get(self, task_id: str, owner: str | None = None) -> JobRecord:
         """The record of one job, or UnknownTask (ExpiredTask past its retention).
@@ -127,6 +148,7 @@ class JobStore:
         pipe.zrem(key("queued", record.queue), task_id)
         pipe.zrem(key("inflight", record.owner), task_id)  # its cap slot: shared/keys.py
         pipe.zrem(key("running", record.queue), task_id)
+        pipe.zrem(key("unpublished", record.queue), task_id)
         pipe.rpush(key("done", task_id), b"1")
         pipe.expire(key("done", task_id), 300)
         if record.state is JobState.SUCCEEDED and record.started_at and record.finished_at:
@@ -241,6 +263,7 @@ class JobStore:
         pipe.zrem(key("queued", record.queue), task_id)
         pipe.zrem(key("inflight", record.owner), task_id)
         pipe.zrem(key("owner", record.owner), task_id)
+        pipe.zrem(key("unpublished", record.queue), task_id)
         pipe.execute()
 
     def wait(self, task_id: str, timeout_s: float) -> JobRecord:
@@ -252,7 +275,7 @@ class JobStore:
             if record.status.is_terminal or remaining <= 0:
                 return record
             # Re-read the record at least once a second, so a lost signal costs at most that.
-            wait = max(0.01, min(1.0, remaining))
+            wait = max(0.01, min(self.block_s, remaining))
             # BLMOVE onto the same list rotates the signal instead of taking it, so every
             # waiter on this job (a sync submit, long polls, an idempotent retry) wakes,
             # not only the first.

@@ -9,6 +9,12 @@ its worker has stopped heartbeating, and its start is older than the staleness w
 - with attempts left, it goes back to QUEUED and its message is sent again (same task id;
   the atomic start lets only one delivery run it, and a stale one finds it ended);
 - otherwise it ends FAILED: "worker lost N times".
+
+It also ends the jobs the API recorded but could not confirm on the broker, and could not
+take back either (Redis went away between the two): after ``UNPUBLISHED_GRACE_S`` a job
+still QUEUED in the unpublished index ends FAILED. Its submit had answered 503, so the
+client never counted on it; without this it would sit PENDING, listed and holding an
+in-flight slot, for the whole job TTL.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from shared.queues import GENERATE_TASK, generate_options
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+UNPUBLISHED_GRACE_S = 60.0  # far past a publish's own timeouts and retries
 
 
 class Reaper:
@@ -85,7 +93,23 @@ class Reaper:
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)
                 self.jobs.finish(record)
-        return reaped
+        return reaped + self.sweep_unpublished()
+
+    def sweep_unpublished(self) -> list[str]:
+        """End the jobs whose publish was never confirmed; the ids it ended."""
+        ended = []
+        for task_id in self.jobs.unpublished(self.queue, time.time() - UNPUBLISHED_GRACE_S):
+            try:
+                record = self.jobs.transition(task_id, _never_queued)
+            except UnknownTask:
+                record = None
+            if record is None:  # gone, or a worker has it after all: not ours to end
+                self.jobs.forget_unpublished(self.queue, task_id)
+                continue
+            log.warning("job %s was recorded but never queued; failed", task_id)
+            self.jobs.finish(record)
+            ended.append(task_id)
+        return ended
 
     def _orphan(self, record: JobRecord, live: set[str], stale_before: float) -> bool:
         if record.status.is_terminal:
@@ -102,3 +126,12 @@ class Reaper:
         else:
             record.state, record.progress, record.worker = JobState.QUEUED, None, None
         return True
+
+
+def _never_queued(record: JobRecord) -> bool:
+    if record.status.is_terminal or record.state is not JobState.QUEUED:
+        return False
+    record.state = JobState.FAILED
+    record.error = "never queued: the job queue was unreachable when it was submitted"
+    record.finished_at = time.time()
+    return True

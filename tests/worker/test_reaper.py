@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
 from shared.models import JobRecord, JobState
 from shared.queues import GENERATE_TASK
 from shared.settings import Settings
 from tests.conftest import job_record
-from worker.reaper import Reaper
+from worker.reaper import UNPUBLISHED_GRACE_S, Reaper
 
 QUEUE = "reapertest.a10g"
 
@@ -93,3 +93,45 @@ def test_only_one_process_sweeps_per_interval(jobs: JobStore, settings: Settings
     jobs.redis.delete(f"easel:reaper:{QUEUE}")
     assert first.maybe_sweep()
     assert second.maybe_sweep() == []  # the lock is held for the interval
+
+
+def recorded_job(jobs: JobStore, age_s: float) -> JobRecord:
+    """A job the API recorded ``age_s`` ago and never confirmed on the broker."""
+    record = job_record(str(uuid.uuid4()), owner=f"owner-{uuid.uuid4().hex[:6]}")
+    record.queue, record.created_at = QUEUE, time.time() - age_s
+    jobs.create(record)
+    jobs.redis.zadd(key("inflight", record.owner), {record.task_id: record.created_at})
+    return record
+
+
+def test_a_job_recorded_but_never_published_ends_failed(jobs: JobStore, settings: Settings) -> None:
+    lost = recorded_job(jobs, age_s=UNPUBLISHED_GRACE_S + 30)
+    confirmed = recorded_job(jobs, age_s=UNPUBLISHED_GRACE_S + 30)
+    jobs.published(confirmed)
+    young = recorded_job(jobs, age_s=1)
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == [lost.task_id]
+    record = jobs.get(lost.task_id)
+    assert record.state is JobState.FAILED and record.error is not None
+    assert record.error.startswith("never queued")
+    assert jobs.redis.zscore(key("inflight", lost.owner), lost.task_id) is None  # slot freed
+    assert jobs.redis.llen(key("done", lost.task_id)) == 1  # waiters woken
+    pending = jobs.unpublished(QUEUE, time.time())
+    assert young.task_id in pending and lost.task_id not in pending
+    assert jobs.get(confirmed.task_id).state is JobState.QUEUED and sent == []
+
+
+def test_an_unconfirmed_job_a_worker_took_after_all_is_left_to_run(
+    jobs: JobStore, settings: Settings
+) -> None:
+    taken = recorded_job(jobs, age_s=UNPUBLISHED_GRACE_S + 30)
+
+    def start(r: JobRecord) -> bool:
+        r.state, r.worker, r.attempts, r.started_at = JobState.RUNNING, "w", 1, time.time()
+        return True
+
+    jobs.start(taken.task_id, start)
+    WorkerLiveness(jobs.redis, settings.worker_stale_after_s).beat(QUEUE, "w")
+    assert Reaper(jobs, settings, Sent()).sweep() == []
+    assert jobs.get(taken.task_id).state is JobState.RUNNING
+    assert taken.task_id not in jobs.unpublished(QUEUE, time.time())
