@@ -4,6 +4,7 @@
 # That machine has torch and diffusers' dependencies but not diffusers, and no network:
 # install the wheel fetched beforehand with
 #   .venv/bin/pip download diffusers==<version in .venv> --no-deps -d bench/wheels
+# bench/wheels/ is git-ignored: carry it to the device machine explicitly (carry=["bench/wheels"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
