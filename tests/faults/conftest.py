@@ -20,7 +20,7 @@ import pytest
 
 from easel.stack import Server, free_port, start_redis, start_s3, wait_until
 from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
-from shared.models import JobRecord
+from shared.models import InferenceType, JobRecord
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import API_KEY, S3_ACCESS_KEY, S3_SECRET_KEY, settings_from
@@ -61,18 +61,19 @@ class FaultStack:
                 start_new_session=True,
             )
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, gpu: str = "a10g") -> subprocess.Popen[bytes]:
         index = len(list(self.logs.glob("worker-*.log")))
-        process = self.spawn(
-            ["worker", "--gpu", "a10g", "--loglevel", "info"], f"worker-{index}.log"
-        )
-        self.workers.append(process)
+        process = self.spawn(["worker", "--gpu", gpu, "--loglevel", "info"], f"worker-{index}.log")
+        if gpu == "a10g":  # the class the fault tests load, kill and restart
+            self.workers.append(process)
+        else:
+            self.others.append(process)
         return process
 
-    def wait_live_workers(self, count: int, timeout_s: float = 120) -> None:
+    def wait_live_workers(self, count: int, timeout_s: float = 120, gpu: str = "a10g") -> None:
         settings = self.settings
         liveness = WorkerLiveness(connect_redis(settings), settings.worker_stale_after_s)
-        queue = settings.queue_for(settings.worker_gpu)
+        queue = settings.queue_for(InferenceType(gpu))
 
         def enough() -> None:
             assert len(liveness.live(queue)) >= count, liveness.live(queue)
@@ -156,7 +157,9 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> It
     stack.others.append(stack.spawn(["api", "--bind", f"127.0.0.1:{port}"], "api.log"))
     for _ in range(2):
         stack.start_worker()
+    stack.start_worker("a100")  # a second class: after a fault, each consumes its own queue
     stack.wait_live_workers(2)
+    stack.wait_live_workers(1, gpu="a100")
     wait_until(lambda: httpx.get(f"{stack.api_url}/ready", timeout=2).raise_for_status(), 60)
     yield stack
     for process in [*stack.workers, *stack.others]:
@@ -229,7 +232,19 @@ def _counter(record: JobRecord) -> str:
     return {"SUCCESS": "succeeded", "FAILED": "failed", "CANCELED": "canceled"}[record.status.value]
 
 
+SETTLED: list[Tally] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The counts of every fault run, in the summary even without ``-s``."""
+    if SETTLED:
+        terminalreporter.section("faults: what happened to every accepted job")
+        for tally in SETTLED:
+            terminalreporter.line(tally.line())
+
+
 def _record(tally: Tally) -> None:
+    SETTLED.append(tally)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "faults.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -23,10 +23,13 @@ BOUND_S = 180  # every accepted job ends within this, fault included
 IMAGE = data_uri(png_bytes(512, 512))
 
 
-def submit_many(stack: FaultStack, count: int) -> list[str]:
+def submit_many(stack: FaultStack, count: int, gpu: str = "a10g") -> list[str]:
     """Accepted task ids; a 503 (nothing accepted) is retried, as a client would."""
     ids: list[str] = []
-    body = {"app_id": "tiny-sd", "image": IMAGE, "celery": True, "strength": 1.0}
+    body = {
+        "app_id": "tiny-sd", "image": IMAGE, "celery": True, "strength": 1.0,
+        "inference_type": gpu,
+    }  # fmt: skip
     with httpx.Client(
         base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
     ) as client:
@@ -76,13 +79,22 @@ def test_sigterm_a_worker_mid_job_finishes_that_job(fault_stack: FaultStack) -> 
 def test_restart_redis_mid_run(fault_stack: FaultStack) -> None:
     task_ids = submit_many(fault_stack, 20)
     fault_stack.worker_running(fault_stack.jobs(), task_ids)
-    fault_stack.restart_redis(down_s=1.0)
+    # Down long enough for several of Celery's reconnect attempts to fail first.
+    fault_stack.restart_redis(down_s=8.0)
     tally = settle(fault_stack, "restart-redis", task_ids, BOUND_S)
     assert (tally.lost, tally.duplicated) == (0, 0), tally
     assert tally.failed == 0, tally.errors
     fault_stack.wait_live_workers(2)
+    fault_stack.wait_live_workers(1, gpu="a100")
     # Each worker still consumes only its own queue after reconnecting.
-    assert settle(fault_stack, "after-redis", submit_many(fault_stack, 4), BOUND_S).lost == 0
+    by_class = {gpu: submit_many(fault_stack, 3, gpu) for gpu in ("a10g", "a100")}
+    every = [task_id for ids in by_class.values() for task_id in ids]
+    after = settle(fault_stack, "after-redis", every, BOUND_S)
+    assert (after.lost, after.failed) == (0, 0), after
+    jobs = fault_stack.jobs()
+    for gpu, ids in by_class.items():
+        ran_on = {jobs.get(task_id).worker for task_id in ids}
+        assert all(w and w.startswith(f"{gpu}-") for w in ran_on), (gpu, ran_on)
 
 
 def test_stop_s3_for_10_seconds_mid_run(fault_stack: FaultStack) -> None:
