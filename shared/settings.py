@@ -20,7 +20,8 @@ DEFAULT_QUEUES: dict[InferenceType, str] = {
 class Settings(BaseSettings):
     """Every knob Easel has; see the README's settings table."""
 
-    model_config = SettingsConfigDict(env_prefix="EASEL_", extra="ignore")
+    # An empty variable means "unset" (compose's ${VAR:-} gives one for every optional knob).
+    model_config = SettingsConfigDict(env_prefix="EASEL_", extra="ignore", env_ignore_empty=True)
 
     # Redis: the Celery broker, the job records and worker liveness all live here.
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from shared.models import InferenceType
-from shared.settings import DEFAULT_QUEUES
+from shared.settings import DEFAULT_QUEUES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +52,23 @@ def test_redis_keeps_an_append_only_file_and_flower_is_there(compose: dict[str, 
     assert "--appendonly" in compose["services"]["redis"]["command"]
     assert "flower" in compose["services"]["flower"]["command"]
     assert {"api", "seaweedfs"} <= set(compose["services"])
+
+
+def test_webhooks_are_delivered_by_their_own_service_with_the_shared_secret(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    webhooks = services["webhooks"]
+    assert webhooks["command"] == ["webhooks"] and webhooks["image"] == "easel-worker:latest"
+    assert webhooks["profiles"] == ["webhooks"]  # it cannot run without the secret
+    for name in ("api", "webhooks", "worker-a10g"):
+        assert "EASEL_WEBHOOK_SECRET" in services[name]["environment"]
+        assert "EASEL_KEY_HASH_SECRET" in services[name]["environment"]
+
+
+def test_an_empty_variable_is_an_unset_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose passes ${EASEL_WEBHOOK_SECRET:-} as an empty string when it is not set."""
+    for name in [n for n in os.environ if n.startswith("EASEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("EASEL_WEBHOOK_SECRET", "")
+    assert Settings().webhook_secret is None
