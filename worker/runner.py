@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from shared.errors import BackendUnavailable, JobCanceled, JobError, UnknownTask
 from shared.jobs import JobStore, WorkerLiveness
@@ -80,7 +86,18 @@ class WorkerContext:
         if record.output is not None:
             sign = self.storage.presign
             urls = ([sign(k) for k in record.image_keys], [sign(k) for k in record.preview_keys])
-        self.webhooks.publish(record, event, Envelope.for_job(record, urls))
+        envelope = Envelope.for_job(record, urls)
+        if event is not WebhookEvent.COMPLETED:
+            self.webhooks.publish(record, event, envelope)  # best effort: the next one follows
+            return
+        # The one event a receiver must get: ride out a broker restart, as the final write does.
+        Retrying(
+            retry=retry_if_result(lambda queued: not queued),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            stop=stop_after_delay(PERSIST_FOR_S),
+            before_sleep=lambda state: log.warning("broker unreachable; retrying the webhook"),
+            retry_error_callback=lambda state: False,
+        )(self.webhooks.publish, record, event, envelope)
 
 
 def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRecord | None:

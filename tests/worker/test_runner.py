@@ -134,6 +134,25 @@ def test_webhook_events_are_queued_start_progress_completed(ctx: WorkerContext) 
     assert all("expires" not in opts for _, args, _, opts in sent if args[3] != "progress")
 
 
+def test_the_completed_webhook_rides_out_a_broker_restart(ctx: WorkerContext) -> None:
+    """The job's record is written; the broker refuses twice, then takes the event."""
+    refusals: list[str] = []
+
+    def flaky(name: str, args: list[Any], queue: str, **options: Any) -> None:
+        if args[3] == "completed" and len(refusals) < 2:
+            refusals.append(args[3])
+            raise OSError("connection refused")
+        published.append_task(name, args, queue, **options)
+
+    flaky_ctx = dataclasses.replace(ctx, webhooks=WebhookPublisher(flaky, ctx.settings))
+    job = queued_job(ctx, batch=1, webhook="https://hooks.example/easel")
+    done = run_job(flaky_ctx, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.SUCCESS
+    assert refusals == ["completed", "completed"]
+    names = [name for name, _ in published.events(job.task_id)]
+    assert names[0] == "start" and names.count("completed") == 1 and names[-1] == "completed"
+
+
 def test_a_job_without_webhook_queues_nothing(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=1)
     run_job(ctx, job.task_id, job.params)
