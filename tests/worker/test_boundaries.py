@@ -1,5 +1,5 @@
-"""The light worker-side processes stay light: neither the webhook deliverer nor the
-readiness probe loads torch, diffusers or Flask, so they need no GPU image."""
+"""The light worker-side processes stay light: neither the webhook deliverer, the readiness
+probe nor a loadtest job loads torch, diffusers or Flask, so they need no GPU image."""
 
 from __future__ import annotations
 
@@ -22,6 +22,19 @@ LIGHT = {
     "create_webhook_celery(Settings(webhook_secret='whsec_MDEyMzQ1Njc4OWFiY2RlZg=='))",
     "ready probe": "import worker.ready",
     "reaper": "import worker.reaper",
+    # A loadtest job's own path, with the worker's modules loaded: the BENCHMARK backend
+    # must measure Easel, so a loadtest-only worker never maps torch (bench section 3).
+    "loadtest job": "import worker.celery_app, worker.runner\n"
+    "from shared.models import GenerationParams\n"
+    "from shared.registry import load_registry\n"
+    "from worker.images import encode_png, prepare_image\n"
+    "from worker.loadtest import run_loadtest\n"
+    "from tests.conftest import png_bytes\n"
+    "spec = load_registry().get('loadtest')\n"
+    "params = GenerationParams(app_id='loadtest', prompt='p', guidance_scale=7.5, batch=2,\n"
+    "    strength=0.7, height=512, width=512)\n"
+    "prepare_image(png_bytes(), spec.family, 512, 512)\n"
+    "assert len([encode_png(i) for i in run_loadtest(spec, params, [1, 2])]) == 2",
 }
 
 

@@ -10,13 +10,14 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from easel.stack import free_port
 from shared.models import JobRecord, JobState, TimeRequired
 from tests.conftest import job_record
-from worker.metrics import job_in_flight, observe_job, sample_gpu_memory
+from worker.metrics import GPU_MEMORY, job_in_flight, observe_job, sample_gpu_memory
 
 LABELS = {"app_id": "tiny-sd", "inference_type": "a10g"}
 STEPS = ("queue_wait", "model_load", "inference", "upload", "end_to_end")
@@ -94,6 +95,25 @@ def test_gpu_memory_is_absent_where_the_process_never_used_cuda() -> None:
     sample_gpu_memory()
     if not torch.cuda.is_initialized():
         assert REGISTRY.get_sample_value("easel_gpu_memory_bytes", {"device": "cuda:0"}) is None
+
+
+def test_gpu_memory_is_sampled_per_device_where_cuda_is_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index: (index + 1) * 2**30)
+    try:
+        sample_gpu_memory()
+        for index in (0, 1):
+            value = REGISTRY.get_sample_value("easel_gpu_memory_bytes", {"device": f"cuda:{index}"})
+            assert value == (index + 1) * 2**30
+    finally:  # this process has no GPU: leave no make-believe device behind
+        for index in (0, 1):
+            GPU_MEMORY.remove(f"cuda:{index}")
 
 
 POOL = textwrap.dedent(
