@@ -17,6 +17,19 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
+RETENTION_RULE_ID = "easel-retention"
+
+
+def _same_rule(kept: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a rule the bucket has already does what ``wanted`` asks."""
+    return (
+        kept.get("ID") == wanted["ID"]
+        and kept.get("Status") == "Enabled"
+        and kept.get("Filter", {}).get("Prefix") == wanted["Filter"]["Prefix"]
+        and kept.get("Expiration", {}).get("Days") == wanted["Expiration"]["Days"]
+    )
+
+
 def _transient(exc: BaseException) -> bool:
     """Connection trouble, timeouts, throttling and 5xx: worth another try."""
     if isinstance(exc, ClientError):
@@ -62,24 +75,37 @@ class Storage:
         return f"{self.prefix}/{task_id}/{name}"
 
     def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist, with outputs expiring like job records."""
+        """Create the bucket if it does not exist; either way, make outputs expire like job
+        records (a bucket made by hand gets the rule too, beside any rules it has)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-            return
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
         rule = {
-            "ID": "easel-retention",
+            "ID": RETENTION_RULE_ID,
             "Filter": {"Prefix": f"{self.prefix}/"},
             "Status": "Enabled",
             "Expiration": {"Days": self.retention_days},
         }
         try:
+            rules = self._lifecycle_rules()
+            if any(_same_rule(kept, rule) for kept in rules):
+                return
+            others = [kept for kept in rules if kept.get("ID") != RETENTION_RULE_ID]
             self.client.put_bucket_lifecycle_configuration(
-                Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*others, rule]}
             )
         except ClientError as exc:  # some S3 servers lack lifecycle rules; records still expire
             log.warning("could not set the bucket's lifecycle rule: %s", exc)
+
+    def _lifecycle_rules(self) -> list[dict[str, Any]]:
+        try:
+            answer = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                return []
+            raise
+        return list(answer.get("Rules", []))
 
     def put(self, key: str, body: bytes, content_type: str) -> None:
         """Upload one object, retrying with backoff while S3 is unreachable or failing.
