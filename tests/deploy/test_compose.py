@@ -49,7 +49,11 @@ def test_one_gpu_worker_per_class_on_its_own_queue(compose: dict[str, Any]) -> N
 
 
 def test_redis_keeps_an_append_only_file_and_flower_is_there(compose: dict[str, Any]) -> None:
-    assert "--appendonly" in compose["services"]["redis"]["command"]
+    command = compose["services"]["redis"]["command"]
+    durable = {"--appendonly": "yes", "--appendfsync": "everysec"}
+    durable["--maxmemory-policy"] = "noeviction"  # a full Redis refuses, never drops a job
+    for flag, value in durable.items():
+        assert command[command.index(flag) + 1] == value, flag
     assert "flower" in compose["services"]["flower"]["command"]
     assert {"api", "seaweedfs"} <= set(compose["services"])
 

@@ -50,7 +50,15 @@ REFUSED = [
     "http://[::10.0.0.1]/a.png",
     "http://[2002:7f00:1::]/a.png",  # 6to4 around 127.0.0.1
     "http://[2002:a9fe:a9fe::1]/a.png",  # 6to4 around the metadata address
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.png",  # Teredo, client 127.0.0.1
+    "http://[2001:0:4136:e378:8000:63bf:5601:5601]/a.png",  # Teredo, client 169.254.169.254
 ]
+
+
+def test_a_teredo_address_is_judged_by_the_client_address_it_carries() -> None:
+    policy = UrlPolicy(resolver=lambda host, port: pytest.fail(f"resolved {host}"))
+    with pytest.raises(BlockedURL, match=r"loopback address 127\.0\.0\.1 \(embedded in 2001:"):
+        policy.check("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.png")
 
 
 @pytest.mark.parametrize("url", REFUSED)

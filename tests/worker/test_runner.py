@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import uuid
 from typing import Any
@@ -260,3 +261,28 @@ def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
     assert done.error == "internal error: ValueError: the pipeline broke"
     assert released == [ctx.settings.device]  # the failed job's memory, freed
     assert cache.loaded() == ["tiny-sd"]  # the model stays warm for the next job
+
+
+def test_progress_is_written_at_most_four_times_a_second_and_always_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    import worker.runner
+
+    clock = [1000.0]
+    monkeypatch.setattr(worker.runner.time, "monotonic", lambda: clock[0])
+    saved: list[int] = []
+    jobs = types.SimpleNamespace(
+        cancel_requested=lambda task_id: False,
+        save=lambda record: saved.append(record.progress.step),
+    )
+    ctx = types.SimpleNamespace(jobs=jobs, notify=lambda record, event: None)
+    reporter = worker.runner.StepReporter(ctx, job_record("throttled"))  # type: ignore[arg-type]
+    for step in range(1, 31):  # 30 steps, 0.1 s apart: 3 s of denoising
+        reporter(step, 30)
+        clock[0] += 0.1
+    assert saved[0] == 1 and saved[-1] == 30
+    gaps = [later - earlier for earlier, later in itertools.pairwise(saved[:-1])]
+    assert all(gap >= 3 for gap in gaps), saved  # 0.3 s apart at least: under 4 a second
+    assert len(saved) <= 3 * 4 + 2, saved
