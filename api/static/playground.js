@@ -100,7 +100,22 @@ function wireDropZone() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("dragging");
-    setUpload(event.dataTransfer.files[0]);
+    const file = event.dataTransfer.files[0];
+    if (file) {
+      $("image-file").value = ""; // the picker's earlier choice is not what will be sent
+      setUpload(file);
+      return;
+    }
+    // An image dragged from another page arrives as a link, not a file: send that URL
+    // (a file would win over it, so drop the file). Anything else changes nothing.
+    const link = (event.dataTransfer.getData("text/uri-list") || "")
+      .split(/\r?\n/)
+      .map((line) => line.trim())
+      .find((line) => line && !line.startsWith("#")); // RFC 2483: "#" lines are comments
+    if (link) {
+      setUpload(null);
+      $("image-url").value = link;
+    }
   });
   $("image-file").addEventListener("change", (event) => setUpload(event.target.files[0]));
   $("clear-file").addEventListener("click", () => setUpload(null));

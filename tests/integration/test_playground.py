@@ -206,6 +206,30 @@ def test_playground_takes_a_dropped_file(browser: webdriver.Chrome, api_url: str
     assert image_width(browser) == 192  # the dropped file's size, so it was the input
 
 
+DROP_DATA = """
+const [kind, value] = arguments;
+const data = new DataTransfer();
+data.setData(kind, value);
+document.getElementById("drop-zone").dispatchEvent(
+  new DragEvent("drop", { bubbles: true, cancelable: true, dataTransfer: data }));
+"""
+
+
+def test_a_dropped_link_becomes_the_url_and_dropped_text_changes_nothing(
+    browser: webdriver.Chrome, api_url: str
+) -> None:
+    open_playground(browser, api_url)
+    photo = base64.b64encode(png_bytes(192, 192)).decode()
+    browser.execute_script(DROP_FILE, photo, "drop.png")
+    browser.execute_script(DROP_DATA, "text/plain", "some selected words")
+    assert browser.find_element(By.ID, "clear-file").is_displayed()  # the file is kept
+    assert browser.find_element(By.ID, "image-url").get_attribute("value") == ""
+    link = "https://images.example/cat.jpg"
+    browser.execute_script(DROP_DATA, "text/uri-list", f"# a comment line\n{link}")
+    assert browser.find_element(By.ID, "image-url").get_attribute("value") == link
+    assert not browser.find_element(By.ID, "clear-file").is_displayed()  # the link is sent
+
+
 # Every change to the status line or the progress bar, as the page showed it: polling
 # from here could miss a state the page showed between two polls.
 RECORD_JOB_VIEW = """
