@@ -5,10 +5,19 @@
 2 workers, 8 threads). The baseline is ``GET /health`` (no I/O) on the same server, with
 the same clients, in the same run. The API is pointed at bench-only queues that no worker
 consumes; a fake heartbeat makes it accept, and the queues are deleted afterwards.
+
+The RSS of an API worker stands next to a bare Flask app (bench/bare_app.py, one constant
+route) under the same ``python -m gunicorn`` command, config included, after the same
+clients' warm-up and 2000 requests; and once more without ``api.gunicorn_conf``, whose
+imports (pydantic, Easel's settings and models, prometheus_client) every worker inherits
+from gunicorn's master.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,13 +27,18 @@ import httpx
 
 from bench.procs import children, cpu_s, maps_torch, vm_rss_mb
 from bench.report import Row, median, ms, percentile
-from bench.stack import BenchStack, FakeHeartbeat, bench_queues, data_uri, sample_png
+from bench.stack import ROOT, BenchStack, FakeHeartbeat, bench_queues, data_uri, sample_png
+from easel.dev import stop
+from easel.stack import free_port, wait_until
+from shared.metrics import MULTIPROC_ENV
 
 REQUESTS = 2000
 CLIENTS = 8
 WARMUP = 100
 PREFIX = "easel.bench.submit"
 RATIO_TARGET, P99_TARGET_S, RSS_TARGET_MB = 0.5, 0.025, 80.0
+CONFIG = "python:api.gunicorn_conf"
+BARE_APP = "bench.bare_app:create_app()"
 
 Call = Callable[[httpx.Client], httpx.Response]
 
@@ -72,6 +86,35 @@ def drive(url: str, headers: dict[str, str], call: Call, total: int) -> dict[str
     }
 
 
+def gunicorn_argv(bind: str, app: str, config: bool = True) -> list[str]:
+    """The gunicorn command of ``easel api`` with its defaults (easel/cli.py), serving ``app``."""
+    argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2",
+            "--worker-class", "gthread", "--threads", "8", "--timeout", "120"]  # fmt: skip
+    return argv + (["--config", CONFIG] if config else []) + [app]
+
+
+def bare_flask_rss(stack: BenchStack, config: bool) -> dict[str, Any]:
+    """RSS of bench/bare_app.py's gunicorn workers after the load the API's health got."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, **stack.env}
+    if config:  # as run_api does: the config's metrics hooks look for it
+        metrics_dir = stack.state / f"bare-metrics-{port}"
+        metrics_dir.mkdir()
+        env[MULTIPROC_ENV] = str(metrics_dir)
+    argv = gunicorn_argv(f"127.0.0.1:{port}", BARE_APP, config)
+    with open(stack.logs / f"bare-{port}.log", "ab") as log:
+        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: httpx.get(url, timeout=2).raise_for_status(), 60, "bare Flask")
+        drive(url, {}, lambda client: client.get("/"), WARMUP)
+        load = drive(url, {}, lambda client: client.get("/"), REQUESTS)
+        rss = {pid: round(vm_rss_mb(pid), 1) for pid in children(process.pid)}
+    finally:
+        stop(process)
+    return {"config": config, "get": load, "rss_mb": rss}
+
+
 def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
     """Measure the submit path; rows for the table and the raw figures."""
     settings = stack.settings_with(EASEL_QUEUES=bench_queues(PREFIX))
@@ -101,13 +144,16 @@ def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
         workers = children(process.pid)  # gunicorn's workers under its master
         rss = {pid: round(vm_rss_mb(pid), 1) for pid in workers}
         torch_mapped = {pid: maps_torch(pid) for pid in workers}
+    bare = [bare_flask_rss(stack, config=True), bare_flask_rss(stack, config=False)]
+    bare_rss = [max(each["rss_mb"].values()) for each in bare]
     queued = sum(int(stack.redis.llen(queue)) for queue in queues)
     for queue in queues:  # nothing will ever consume these
         stack.redis.delete(queue, f"easel:queued:{queue}")
     ratio = submits["throughput_rps"] / baseline["throughput_rps"]
     worst_rss = max(rss.values())
     details = {"health": baseline, "submit": submits, "status_read_queued": reads, "rss_mb": rss,
-               "torch_mapped": torch_mapped, "messages_queued": queued}  # fmt: skip
+               "torch_mapped": torch_mapped, "messages_queued": queued,
+               "bare_flask": bare}  # fmt: skip
     section = "1 API submit"
     rows = [
         Row(section, "submit throughput (8 keep-alive clients)",
@@ -121,7 +167,9 @@ def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
         Row(section, "GET /tasks/<id> of a queued job (8 clients)",
             f"{reads['throughput_rps']:.0f} req/s, p99 {ms(reads['p99_s'])}",
             f"GET /health {baseline['throughput_rps']:.0f} req/s"),
-        Row(section, "RSS of one API worker (max of 2)", f"{worst_rss:.1f} MB", "",
+        Row(section, "RSS of one API worker (max of 2)", f"{worst_rss:.1f} MB",
+            f"bare Flask under the same gunicorn {bare_rss[0]:.1f} MB "
+            f"({bare_rss[1]:.1f} MB without api.gunicorn_conf)",
             f"<= {RSS_TARGET_MB:.0f} MB", worst_rss <= RSS_TARGET_MB),
         Row(section, "torch mapped in API workers (/proc/pid/maps)",
             "no" if not any(torch_mapped.values()) else "YES", "", "no",
