@@ -3,14 +3,24 @@
     python -m bench.profiles submit [-n 400]  # POST /getImageToImage via Flask's test client
     python -m bench.profiles upload [-n 20]   # the worker's upload step, one 512x512 image
     python -m bench.profiles ingest [-n 5]    # worker/images.py's prepare_image, 6000x4000 JPEG
+    python -m bench.profiles rss [--public-endpoint]  # an API worker's RSS, step by step
 
-``submit`` and ``upload`` start their own Valkey and SeaweedFS on free ports (``BenchStack``,
-as ``make bench`` does). ``submit`` runs in one thread with no HTTP server, the limiter and
-the in-flight cap on (limits set high, as in section 1) and a fake worker heartbeat so the
-API accepts; ``GET /health`` through the same client is the baseline. ``upload`` times the
-real step (its encodes and PUTs run concurrently), then profiles it with the thread pool
-made serial, because pyinstrument samples only the thread that started it. Each prints
-the mean per operation, then pyinstrument's text output.
+``submit``, ``upload`` and ``rss`` start their own Valkey and SeaweedFS on free ports
+(``BenchStack``, as ``make bench`` does). ``submit`` runs in one thread with no HTTP server,
+the limiter and the in-flight cap on (limits set high, as in section 1) and a fake worker
+heartbeat so the API accepts; ``GET /health`` through the same client is the baseline.
+``upload`` times the real step (its encodes and PUTs run concurrently), then profiles it
+with the thread pool made serial, because pyinstrument samples only the thread that
+started it. Each prints the mean per operation, then pyinstrument's text output.
+
+``rss`` is no profile: a fresh ``python -c`` child builds an API worker one step at a time
+(imports, ``Settings()``, the Redis client, the Celery producer, ``Storage``, ``create_app``,
+then 20 submits and health checks through Flask's test client, then gunicorn and its
+config) and reads its VmRSS from /proc/self/status after each; the table gives each step's
+delta. ``Storage`` builds one boto3 client, as in section 1, or two (a presigning client
+for ``EASEL_S3_PUBLIC_ENDPOINT_URL``, as docker-compose.yml sets it) with
+``--public-endpoint``. ``create_app`` builds its own Redis client, producer and Storage:
+its delta is what they cost once the first ones are built.
 
 Not ``bench/profile.py``: ``python bench/gpu.py`` puts bench/ first on sys.path, and
 torch.compile imports cProfile, which imports the standard library's ``profile``.
@@ -21,6 +31,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -30,21 +42,43 @@ from unittest import mock
 
 from pyinstrument import Profiler
 
-from bench.stack import BenchStack, FakeHeartbeat, bench_queues, data_uri, sample_png
+from bench.stack import ROOT, BenchStack, FakeHeartbeat, bench_queues, data_uri, sample_png
 
 DEFAULT_RUNS = {"submit": 400, "upload": 20, "ingest": 5}
+RSS_SUBMITS = 20
+
+# Run by ``python -c``: it imports nothing before the first reading, so that one is Python's.
+RSS_CHILD = """
+import sys
+
+def rss_kb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+names = {}
+for label, code in zip(sys.argv[1::2], sys.argv[2::2]):
+    exec(code, names)
+    print(label, rss_kb(), sep="\\t", flush=True)
+"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profiles", description=__doc__)
-    parser.add_argument("target", choices=list(DEFAULT_RUNS))
+    parser.add_argument("target", choices=[*DEFAULT_RUNS, "rss"])
     parser.add_argument("-n", type=int, default=None, help="operations profiled")
     parser.add_argument("--all", action="store_true", help="show library frames too")
+    two_clients = "rss: set EASEL_S3_PUBLIC_ENDPOINT_URL (two boto3 clients)"
+    parser.add_argument("--public-endpoint", action="store_true", help=two_clients)
     args = parser.parse_args()
-    runs = args.n or DEFAULT_RUNS[args.target]
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, "
           f"{os.cpu_count()} CPUs, load average {load}")  # fmt: skip
+    if args.target == "rss":
+        print(rss_table(profile_rss(args.public_endpoint)))
+        return
+    runs = args.n or DEFAULT_RUNS[args.target]
     profile = {"submit": profile_submit, "upload": profile_upload, "ingest": profile_ingest}
     print(profile[args.target](runs).output_text(unicode=False, color=False, show_all=args.all))
 
@@ -172,6 +206,82 @@ def profile_ingest(runs: int) -> Profiler:
         for _ in range(runs):
             prepare_image(data, "sd", 1024, 1024)
     return report("prepare_image", runs, profiler)
+
+
+def rss_steps(
+    public_endpoint: bool, body: dict[str, Any], headers: dict[str, str]
+) -> list[tuple[str, str]]:
+    """What an API worker does, in order: a label and the code run for each step."""
+    storage = "two boto3 clients" if public_endpoint else "one boto3 client"
+    submits = f"""
+client = app.test_client()
+for _ in range({RSS_SUBMITS}):
+    response = client.post("/getImageToImage", json={body!r}, headers={headers!r})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert client.get("/health").status_code == 200
+"""
+    return [
+        ("Python alone", "pass"),
+        ("import flask", "import flask"),
+        ("import pydantic, pydantic_settings", "import pydantic, pydantic_settings"),
+        ("import redis", "import redis"),
+        ("import celery", "import celery"),
+        ("import flask_limiter", "import flask_limiter"),
+        ("import boto3", "import boto3"),
+        ("Settings()", "from shared.settings import Settings\nsettings = Settings()"),
+        ("Redis client (connect_redis + PING)",
+         "from shared.jobs import connect_redis\nconnect_redis(settings).ping()"),
+        ("Celery producer app",
+         "from shared.queues import celery_config\n"
+         "producer = celery.Celery('easel-api', set_as_current=False)\n"
+         "producer.config_from_object(celery_config(settings))"),
+        (f"Storage(settings), {storage}",
+         "from shared.storage import Storage\nstorage = Storage(settings)"),
+        ("api.create_app(settings)", "import api\napp = api.create_app(settings)"),
+        (f"{RSS_SUBMITS} submits + GET /health (test client)", submits),
+        ("import gunicorn's gthread worker, api.gunicorn_conf",
+         "import gunicorn.workers.gthread\nimport api.gunicorn_conf"),
+    ]  # fmt: skip
+
+
+def measure_rss(steps: list[tuple[str, str]], env: dict[str, str]) -> list[tuple[str, float]]:
+    """VmRSS in MB of a fresh Python after each step, run in order in one child process."""
+    args = [part for step in steps for part in step]
+    done = subprocess.run([sys.executable, "-c", RSS_CHILD, *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"RSS child failed:\n{done.stderr[-2000:]}")
+    readings = []
+    for line in done.stdout.splitlines():
+        label, _, kb = line.rpartition("\t")
+        readings.append((label, int(kb) / 1024))
+    return readings
+
+
+def rss_table(readings: list[tuple[str, float]]) -> str:
+    """Readings as a Markdown table: step, RSS after it, and what it added."""
+    lines = ["| step | RSS | delta |", "|---|---:|---:|"]
+    previous = None
+    for label, rss in readings:
+        delta = "" if previous is None else f"{rss - previous:+.1f} MB"
+        lines.append(f"| {label} | {rss:.1f} MB | {delta} |")
+        previous = rss
+    return "\n".join(lines)
+
+
+def profile_rss(public_endpoint: bool) -> list[tuple[str, float]]:
+    """An API worker built step by step in a child, against a real Valkey and SeaweedFS."""
+    prefix = "easel.bench.rss"
+    with stack() as bench_stack:
+        env = {**os.environ, **bench_stack.env, "EASEL_QUEUES": bench_queues(prefix)}
+        if public_endpoint:  # any URL will do: the presigning client only signs
+            env["EASEL_S3_PUBLIC_ENDPOINT_URL"] = bench_stack.s3_server.url
+        settings = bench_stack.settings_with(EASEL_QUEUES=bench_queues(prefix))
+        body = {"app_id": "tiny-sd", "image": data_uri(sample_png(64, 64)), "celery": True}
+        steps = rss_steps(public_endpoint, body, bench_stack.headers)
+        queues = list(settings.queues.values())
+        with FakeHeartbeat(bench_stack.redis, queues, settings.worker_stale_after_s):
+            return measure_rss(steps, env)
 
 
 if __name__ == "__main__":
