@@ -17,7 +17,7 @@ from shared.keys import InflightCap
 from shared.logs import bind_task_id
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
-from shared.queues import GENERATE_TASK, generate_options
+from shared.queues import GENERATE_TASK, generate_options, generate_reprs
 
 # Magic numbers of the formats a worker will decode; the worker checks again, fully.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
@@ -86,7 +86,7 @@ def submit(
         except BlockedURL as exc:
             raise _field_error("image", "ssrf", str(exc)) from None
     queue = services.settings.queue_for(request.inference_type)
-    if services.settings.require_live_worker and not services.liveness.live(queue):
+    if services.settings.require_live_worker and not services.liveness.served(queue):
         raise NoLiveWorker(
             f"inference_type: no live worker consumes the {request.inference_type} queue "
             f"({queue!r}); start one with `easel worker --gpu {request.inference_type}`"
@@ -118,6 +118,7 @@ def submit(
             **generate_options(
                 services.settings, services.registry.get(request.app_id).time_limit_s
             ),
+            **generate_reprs(record.task_id, params.app_id),
         )
     except BROKER_DOWN as exc:
         with suppress(RedisError):  # unreachable too: the reaper ends it (unpublished index)

@@ -290,6 +290,22 @@ class WorkerLiveness:
     def __init__(self, client: redis.Redis, stale_after_s: float) -> None:
         self.redis = client
         self.stale_after_s = stale_after_s
+        self._served_at: dict[str, float] = {}
+
+    def served(self, queue: str, fresh_s: float = 1.0) -> bool:
+        """Whether any worker is live on ``queue``; a yes is trusted for ``fresh_s``.
+
+        Heartbeats go stale over ``stale_after_s`` (seconds) anyway, so a second-old yes
+        changes nothing, and it spares every submit a round trip under load. A no is
+        always asked again, so a worker that just started is seen at once.
+        """
+        now = time.monotonic()
+        if now - self._served_at.get(queue, float("-inf")) < fresh_s:
+            return True
+        if self.live(queue):
+            self._served_at[queue] = now
+            return True
+        return False
 
     def beat(self, queue: str, worker: str) -> None:
         """Mark one worker alive now."""

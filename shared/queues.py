@@ -30,6 +30,12 @@ def generate_options(settings: Settings, model_limit_s: int | None = None) -> di
     return {"soft_time_limit": soft, "time_limit": max(settings.job_hard_time_limit_s, soft + 1)}
 
 
+def generate_reprs(task_id: str, app_id: str) -> dict[str, str]:
+    """What Flower and Celery's logs show of a generate task's arguments: never the prompt
+    (and no repr of the whole request built on every publish)."""
+    return {"argsrepr": f"({task_id!r}, <{app_id} params>)", "kwargsrepr": "{}"}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for producers and workers alike."""
     transport = {

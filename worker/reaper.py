@@ -27,7 +27,7 @@ from typing import Any
 from shared.errors import UnknownTask
 from shared.jobs import JobStore, WorkerLiveness, key
 from shared.models import JobRecord, JobState
-from shared.queues import GENERATE_TASK, generate_options
+from shared.queues import GENERATE_TASK, generate_options, generate_reprs
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Reaper:
                     queue=self.queue,
                     task_id=task_id,
                     **generate_options(self.settings, self.time_limit_of(record.app_id)),
+                    **generate_reprs(task_id, record.app_id),
                 )
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)

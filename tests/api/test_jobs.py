@@ -1,0 +1,50 @@
+"""What submit puts on the broker, read back from the real Redis list Celery writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+from api import create_app
+from shared.jobs import WorkerLiveness, connect_redis, key
+from shared.settings import Settings
+from tests.api.conftest import UNSERVED_QUEUES
+from tests.conftest import data_uri, png_bytes, settings_from
+
+
+def test_the_message_carries_the_prompt_but_its_printable_args_do_not(
+    stack_env: dict[str, str], auth: dict[str, str]
+) -> None:
+    queue = f"apitest.{uuid.uuid4().hex[:8]}"
+    queues = {**json.loads(UNSERVED_QUEUES), "a10g": queue}
+    settings = settings_from(stack_env, queues=json.dumps(queues), require_live_worker="false")
+    client = create_app(settings).test_client()
+    prompt = f"a secret prompt {uuid.uuid4().hex}"
+    body = {"app_id": "tiny-sd", "image": data_uri(png_bytes(64, 64)), "celery": True,
+            "inference_type": "a10g", "prompt": prompt}  # fmt: skip
+    answer = client.post("/getImageToImage", json=body, headers=auth)
+    assert answer.status_code == 202
+    redis = connect_redis(settings)
+    [raw] = redis.lrange(queue, 0, -1)
+    redis.delete(queue)
+    message = json.loads(raw)
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert args[0] == answer.json["task_id"] and args[1]["prompt"] == prompt  # the worker's
+    headers = message["headers"]
+    assert prompt not in headers["argsrepr"] and prompt not in headers["kwargsrepr"]
+    assert answer.json["task_id"] in headers["argsrepr"]  # still says which job it is
+
+
+def test_a_live_answer_is_trusted_for_a_second_and_a_dead_one_never(
+    stack_settings: Settings,
+) -> None:
+    queue = f"livetest.{uuid.uuid4().hex[:8]}"
+    redis = connect_redis(stack_settings)
+    liveness = WorkerLiveness(redis, stale_after_s=30)
+    assert not liveness.served(queue)
+    liveness.beat(queue, "w1")
+    assert liveness.served(queue)  # a no is asked again: the new worker is seen at once
+    redis.delete(key("workers", queue))
+    assert liveness.served(queue, fresh_s=60)  # the yes of a moment ago still stands
+    assert not liveness.served(queue, fresh_s=0)  # past its freshness, Redis is asked
