@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from typing import Any
 
 from flask import Flask, Response
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from api.limits import limiter_error
-from shared.errors import EaselError, InvalidRequest, TooManyRequests
+from shared.errors import EaselError, InvalidRequest
 from shared.models import Envelope
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(EaselError)
     def _easel(exc: EaselError) -> Response:
         headers = {}
-        if isinstance(exc, TooManyRequests) and exc.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        retry_after_s = getattr(exc, "retry_after_s", None)  # TooManyRequests, ServerBusy
+        if retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
         return json_response(Envelope.for_error(exc.message, exc.data), exc.status_code, headers)
 
     @app.errorhandler(RateLimitExceeded)
@@ -61,7 +63,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return json_response(
-            Envelope.for_error("internal error; the request was not processed"), 500
-        )
+        error_id = secrets.token_hex(6)  # finds the traceback in the logs; says nothing else
+        log.exception("unhandled error (error id %s)", error_id)
+        message = f"internal error; the request was not processed (error id {error_id})"
+        return json_response(Envelope.for_error(message, {"error_id": error_id}), 500)

@@ -49,11 +49,18 @@ class Claim(BaseModel):
 
 
 def submit_once(
-    services: Services, body: ImageToImageRequest, api_key: KeyRecord, header: str | None
+    services: Services,
+    body: ImageToImageRequest,
+    api_key: KeyRecord,
+    header: str | None,
+    image: bytes | None = None,
 ) -> JobRecord:
-    """Submit the job, or, for a repeated Idempotency-Key, find the job it already made."""
+    """Submit the job, or, for a repeated Idempotency-Key, find the job it already made.
+
+    ``image`` is the inline image taken out of ``body``, whose summary keeps its digest,
+    so the fingerprint tells two images apart."""
     if header is None:
-        return submit(services, body, api_key.owner, api_key.max_inflight)
+        return submit(services, body, api_key.owner, api_key.max_inflight, image)
     check_header(header)
     name = key("idem", f"{api_key.owner}:{hashlib.sha256(header.encode()).hexdigest()}")
     fingerprint = fingerprint_of(body)
@@ -62,7 +69,7 @@ def submit_once(
         mine = Claim(fingerprint=fingerprint, token=secrets.token_hex(8)).model_dump_json()
         claim = partial(services.jobs.redis.set, name, mine, nx=True, ex=CLAIM_TTL_S)
         if _run(claim):
-            return _submit_claimed(services, body, api_key, name, mine)
+            return _submit_claimed(services, body, api_key, name, mine, image)
         raw = _run(partial(services.jobs.redis.get, name))
         if raw is not None:
             found = Claim.model_validate_json(raw)
@@ -81,10 +88,15 @@ def submit_once(
 
 
 def _submit_claimed(
-    services: Services, body: ImageToImageRequest, api_key: KeyRecord, name: str, mine: str
+    services: Services,
+    body: ImageToImageRequest,
+    api_key: KeyRecord,
+    name: str,
+    mine: str,
+    image: bytes | None,
 ) -> JobRecord:
     try:
-        record = submit(services, body, api_key.owner, api_key.max_inflight)
+        record = submit(services, body, api_key.owner, api_key.max_inflight, image)
     except BaseException:  # not admitted: let a retry claim the key again
         unclaim = services.jobs.redis.register_script(UNCLAIM)
         with suppress(BackendUnavailable):  # Redis is down: the claim expires on its own

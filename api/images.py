@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -13,8 +14,10 @@ from api.auth import current_key, require_key
 from api.envelopes import job_response
 from api.errors import invalid_request
 from api.idempotency import submit_once
-from api.services import get_services
-from shared.models import ImageToImageRequest
+from api.jobs import take_inline_image
+from api.services import Services, get_services
+from shared.errors import ServerBusy
+from shared.models import ImageToImageRequest, JobRecord
 
 bp = Blueprint("images", __name__)
 bp.before_request(require_key)
@@ -24,27 +27,78 @@ TEXT_FIELDS = {"app_id", "image", "prompt", "negative_prompt", "inference_type",
 TEXT_FIELDS |= {"output_format", "webhook"}
 # List fields may repeat (-F f=a -F f=b) or hold one JSON list (-F 'f=["a","b"]').
 LIST_FIELDS = {"webhook_events_filter"}
+LARGE_BODY_RETRY_S = 2.0
 
 
 @bp.post("/getImageToImage")
 def get_image_to_image() -> Response:
     """Queue an image-to-image job; with ``celery: false`` wait for it, up to a limit."""
-    try:
-        if request.mimetype == "multipart/form-data":
-            body = ImageToImageRequest.model_validate(form_fields())
-        else:
-            body = ImageToImageRequest.model_validate_json(request.get_data() or b"{}")
-    except ValidationError as exc:
-        raise invalid_request(exc) from None
     services = get_services()
-    record = submit_once(services, body, current_key(), request.headers.get("Idempotency-Key"))
-    if not body.celery:
-        record = services.jobs.wait(record.task_id, services.settings.sync_wait_s)
+    api_key = current_key()
+    with large_body_turn(services):
+        body, image = read_request()
+    if body.celery:
+        record = admit(services, body, image)
+    else:
+        sync_wait_s = services.settings.sync_wait_s
+        with services.wait_cap.slot(api_key.owner, sync_wait_s):  # a 429 leaves no job
+            record = admit(services, body, image)
+            image = None  # nothing holds the bytes while the request waits
+            record = services.completions.wait(record.task_id, sync_wait_s)
     return job_response(services, record)
 
 
-def form_fields() -> dict[str, Any]:
-    """A multipart body as request fields; a file part named ``image`` becomes a data URI."""
+def admit(services: Services, body: ImageToImageRequest, image: bytes | None) -> JobRecord:
+    """Submit the job once per Idempotency-Key."""
+    header = request.headers.get("Idempotency-Key")
+    return submit_once(services, body, current_key(), header, image)
+
+
+@contextmanager
+def large_body_turn(services: Services) -> Iterator[None]:
+    """Read a large body only while fewer than ``max_large_bodies`` are being read here.
+
+    Parsing holds a body a few times over (bytes, then the decoded image), so the number
+    read at once, not only the size of each, bounds this process's memory. A body of
+    unknown length (chunked) counts as large.
+    """
+    settings = services.settings
+    size = request.content_length
+    if size is not None and size < settings.large_body_bytes:
+        yield
+        return
+    if not services.large_bodies.acquire(timeout=settings.large_body_wait_s):
+        raise ServerBusy(
+            "body: this server is reading its limit of large request bodies; retry shortly, "
+            "or send the image by URL",
+            retry_after_s=LARGE_BODY_RETRY_S,
+        )
+    try:
+        yield
+    finally:
+        services.large_bodies.release()
+
+
+def read_request() -> tuple[ImageToImageRequest, bytes | None]:
+    """The validated request, and the bytes of its inline image taken out of it."""
+    try:
+        if request.mimetype == "multipart/form-data":
+            fields, upload = form_fields()
+            body = ImageToImageRequest.model_validate(fields)
+        else:  # parsed straight from the bytes, which nothing keeps afterwards
+            upload = None
+            body = ImageToImageRequest.model_validate_json(request.get_data(cache=False) or b"{}")
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+    return take_inline_image(body, upload)
+
+
+def form_fields() -> tuple[dict[str, Any], tuple[str, bytes] | None]:
+    """A multipart body as request fields, and a file part named ``image`` as (mime, bytes).
+
+    The file part stands in the fields as an empty data URI of its type, so validation
+    sees an inline image; its bytes are never base64-encoded.
+    """
     fields: dict[str, Any] = {}
     for name, value in request.form.items():
         fields[name] = value if name in TEXT_FIELDS else _scalar(value)
@@ -53,10 +107,11 @@ def form_fields() -> dict[str, Any]:
         if len(values) > 1 or not values[0].lstrip().startswith("["):
             fields[name] = values
     upload = request.files.get("image")
-    if upload is not None:
-        mime = upload.mimetype if upload.mimetype.startswith("image/") else "image/png"
-        fields["image"] = f"data:{mime};base64,{base64.b64encode(upload.read()).decode()}"
-    return fields
+    if upload is None:
+        return fields, None
+    mime = upload.mimetype if upload.mimetype.startswith("image/") else "image/png"
+    fields["image"] = f"data:{mime};base64,"
+    return fields, (mime, upload.read())
 
 
 def _scalar(value: str) -> Any:

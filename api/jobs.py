@@ -8,6 +8,7 @@ import time
 import uuid
 from contextlib import suppress
 
+from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
 from api.metrics import count_job
@@ -18,23 +19,45 @@ from shared.logs import bind_task_id
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
 from shared.queues import GENERATE_TASK, generate_options, generate_reprs
+from shared.registry import ModelSpec
+from shared.storage import Storage
 
 # Magic numbers of the formats a worker will decode; the worker checks again, fully.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 INFLIGHT_RETRY_S = 5.0  # a hint: jobs take seconds, and we cannot know which ends first
 
 
-def decode_data_uri(uri: str) -> bytes:
-    """The bytes of a ``data:image/...;base64,`` URI, if they look like an image."""
-    payload = uri.partition(",")[2]
+def decode_data_uri(uri: str) -> tuple[str, bytes]:
+    """The MIME type and bytes of a ``data:image/...;base64,`` URI, if they look like an image."""
+    head, _, payload = uri.partition(",")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise _bad_image("the data URI is not valid base64") from None
+    check_image_bytes(data)
+    return head.removeprefix("data:").partition(";")[0], data
+
+
+def check_image_bytes(data: bytes) -> None:
+    """Refuse bytes that do not start like an image the worker can decode."""
     is_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     if not (is_webp or data.startswith(_SIGNATURES)):
         raise _bad_image("the data URI does not hold a PNG, JPEG, WebP, GIF or BMP image")
-    return data
+
+
+def take_inline_image(
+    request: ImageToImageRequest, upload: tuple[str, bytes] | None = None
+) -> tuple[ImageToImageRequest, bytes | None]:
+    """Take the inline image (a data URI, or a multipart file part's ``(mime, bytes)``) out of
+    the request, so the large string is not kept or copied further; its bytes, if any."""
+    if upload is not None:
+        mime, data = upload
+        check_image_bytes(data)
+    elif request.is_data_uri:
+        mime, data = decode_data_uri(request.image)
+    else:
+        return request, None
+    return request.with_image_summary(mime, data), data
 
 
 def _bad_image(reason: str) -> InvalidRequest:
@@ -69,18 +92,58 @@ def _field_error(field: str, rule: str, reason: str) -> InvalidRequest:
     )
 
 
+def check_steps(spec: ModelSpec, strength: float) -> None:
+    """A 400 for a strength so small that one denoising step would take more than the
+    model's ``max_steps`` (img2img runs ``steps x strength`` of the schedule)."""
+    if spec.steps_for(strength) is None:
+        raise _field_error(
+            "strength", "min_for_model",
+            f"must be at least {1 / spec.step_cap:.4g} for {spec.app_id!r}: a smaller "
+            f"strength needs more than its max_steps ({spec.step_cap}) for one denoising step",
+        )  # fmt: skip
+
+
+def stash_input(services: Services, record: JobRecord, image: bytes) -> None:
+    """Count an inline image against its owner's quota and put it in S3 for the worker."""
+    quota = services.settings.max_input_bytes_per_key
+    if not services.jobs.reserve_input(record.owner, record.task_id, len(image), quota):
+        raise TooManyRequests(
+            f"max_input_bytes: this API key's unfinished jobs already hold close to {quota} "
+            "bytes of inline images, its quota; send image URLs, or wait for jobs to end",
+            retry_after_s=INFLIGHT_RETRY_S,
+            data={"max_input_bytes": quota},
+        )
+    try:
+        services.storage.put(Storage.input_key(record.task_id), image, "image", retry_for_s=0)
+    except (BotoCoreError, ClientError) as exc:
+        raise BackendUnavailable("S3 is unreachable; the job was not accepted") from exc
+
+
+def forget(services: Services, record: JobRecord, had_input: bool) -> None:
+    """Undo a submit that was not accepted: its record, cap slot, quota and input."""
+    with suppress(RedisError, BackendUnavailable):  # unreachable too: the reaper ends it
+        services.jobs.discard(record)
+    if had_input:
+        services.storage.delete(Storage.input_key(record.task_id))
+
+
 def submit(
-    services: Services, request: ImageToImageRequest, owner: str, max_inflight: int | None = None
+    services: Services,
+    request: ImageToImageRequest,
+    owner: str,
+    max_inflight: int | None = None,
+    image: bytes | None = None,
 ) -> JobRecord:
     """Record a job and publish it to its GPU class's queue; raise if nobody can run it, or
-    if ``owner`` already has ``max_inflight`` jobs queued or running."""
-    services.registry.check_runnable(request.app_id, request.inference_type)
+    if ``owner`` already has ``max_inflight`` jobs queued or running. ``image`` holds the
+    bytes of an inline image (``take_inline_image``), which wait in S3 for the worker."""
+    spec = services.registry.check_runnable(request.app_id, request.inference_type)
+    check_steps(spec, request.strength)
     if request.webhook is not None:
         check_webhook(services, request.webhook)
-    if request.is_data_uri:
-        image = decode_data_uri(request.image)
-    else:
-        image = None
+    if image is None and request.is_data_uri:
+        raise _bad_image("the inline image was not taken out of the request")
+    if image is None:
         try:
             services.url_policy.check_literal(request.image)
         except BlockedURL as exc:
@@ -108,7 +171,13 @@ def submit(
     bind_task_id(record.task_id)  # the request's log lines from here on carry it
     if max_inflight is not None:
         admit_inflight(services, record, max_inflight)
-    services.jobs.create(record, image)
+    try:
+        if image is not None:
+            stash_input(services, record, image)
+        services.jobs.create(record)
+    except BaseException:
+        forget(services, record, image is not None)
+        raise
     try:
         services.celery.send_task(
             GENERATE_TASK,
@@ -121,8 +190,7 @@ def submit(
             **generate_reprs(record.task_id, params.app_id),
         )
     except BROKER_DOWN as exc:
-        with suppress(RedisError):  # unreachable too: the reaper ends it (unpublished index)
-            services.jobs.discard(record)
+        forget(services, record, image is not None)  # if Redis is down too: the reaper
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc
     services.jobs.published(record)
     count_job(record)

@@ -44,7 +44,7 @@ def _log_request(response: Response) -> Response:
 
 
 def _unbind_request(_: BaseException | None) -> None:
-    # gthread workers reuse threads: a task id left set would leak into the next request.
+    # Workers reuse threads and greenlets: a task id left set would leak into the next request.
     token = g.pop("easel_task_token", None)
     if token is not None:
         TASK_ID.reset(token)

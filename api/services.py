@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from celery import Celery
@@ -9,6 +10,7 @@ from flask import Flask, current_app
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from api.waits import CompletionHub, WaitCap
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.netguard import UrlPolicy, policy_from
 from shared.queues import celery_config
@@ -31,22 +33,30 @@ class Services:
     celery: Celery
     url_policy: UrlPolicy
     webhooks: WebhookPublisher
+    completions: CompletionHub
+    wait_cap: WaitCap
+    large_bodies: threading.BoundedSemaphore
 
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Connect the app to Redis, S3 and the Celery broker (lazily; nothing dials yet)."""
     client = connect_redis(settings)
+    jobs = JobStore(client, settings.job_ttl_s)
     producer = Celery("easel-api", set_as_current=False)
     producer.config_from_object(celery_config(settings))
     app.extensions["easel"] = Services(
         settings=settings,
         registry=load_registry(settings.model_registry),
-        jobs=JobStore(client, settings.job_ttl_s),
+        jobs=jobs,
         liveness=WorkerLiveness(client, settings.worker_stale_after_s),
         storage=Storage(settings),
         celery=producer,
         url_policy=policy_from(settings),
         webhooks=WebhookPublisher(producer.send_task, settings, BROKER_DOWN),
+        completions=CompletionHub(jobs),
+        wait_cap=WaitCap(client, settings.max_waits_per_key),
+        # Made here, after gevent patched threading: a greenlet waits for its turn.
+        large_bodies=threading.BoundedSemaphore(settings.max_large_bodies),
     )
 
 

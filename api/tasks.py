@@ -14,6 +14,7 @@ from api.metrics import count_job
 from api.services import get_services
 from shared.errors import UnknownTask
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
+from shared.storage import Storage
 
 bp = Blueprint("tasks", __name__)
 bp.before_request(require_key)
@@ -29,13 +30,13 @@ class TaskQuery(BaseModel):
 
 
 class StatusQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     wait: float = Field(default=0, ge=0, le=MAX_WAIT_S)
 
 
 class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     status: JobStatus | None = None
     limit: int = Field(default=20, ge=1, le=100)
@@ -64,9 +65,11 @@ def get_task(task_id: str) -> Response:
     """The envelope of one task; ``?wait=S`` holds the answer until it ends, up to S seconds."""
     query = parse_args(StatusQuery)
     record = owned_task(task_id)
+    services = get_services()
     if query.wait and not record.status.is_terminal:
-        record = get_services().jobs.wait(task_id, query.wait)
-    return job_response(get_services(), record, status=200)
+        with services.wait_cap.slot(record.owner, query.wait):
+            record = services.completions.wait(task_id, query.wait)
+    return job_response(services, record, status=200)
 
 
 @bp.post("/tasks")
@@ -86,8 +89,10 @@ def cancel_task(task_id: str) -> Response:
     before = owned_task(task_id)
     record = services.jobs.cancel(task_id)
     if before.state is JobState.QUEUED and record.state is JobState.CANCELED:
-        # It never reaches a worker, so its completed webhook starts here.
+        # It never reaches a worker, so its completed webhook and cleanup start here.
         services.webhooks.publish(record, WebhookEvent.COMPLETED, envelope_for(services, record))
+        if record.params.image_url is None:
+            services.storage.delete(Storage.input_key(task_id))
         count_job(record)
     return job_response(services, record, status=200)
 

@@ -6,6 +6,7 @@ Sections (``python -m bench --only ingest,api`` runs a subset):
     worker   4 and 2. warm workers (no reloads) and orchestration overhead per job
     scaling  3. throughput with 1 to 16 loadtest workers on one queue
     tiny     6. tiny-sd and tiny-sdxl at 1024x1024, batch 1 and 4
+    waiters  7. 1,000 waiting clients and 256 slowloris sockets against one API
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from bench.report import Row, print_table, write_results
 
-SECTIONS = ("ingest", "api", "worker", "scaling", "tiny")
+SECTIONS = ("ingest", "api", "worker", "scaling", "tiny", "waiters")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +61,12 @@ def run_section(name: str) -> tuple[list[Row], dict[str, Any]]:
     from bench.stack import BenchStack
 
     module = importlib.import_module(
-        {"api": "bench.api_submit", "worker": "bench.worker_path", "scaling": "bench.scaling"}[name]
+        {
+            "api": "bench.api_submit",
+            "worker": "bench.worker_path",
+            "scaling": "bench.scaling",
+            "waiters": "bench.waiters",
+        }[name]
     )
     stack = BenchStack()
     try:

@@ -89,7 +89,8 @@ def drive(url: str, headers: dict[str, str], call: Call, total: int) -> dict[str
 def gunicorn_argv(bind: str, app: str, config: bool = True) -> list[str]:
     """The gunicorn command of ``easel api`` with its defaults (easel/cli.py), serving ``app``."""
     argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2",
-            "--worker-class", "gthread", "--threads", "8", "--timeout", "120"]  # fmt: skip
+            "--worker-class", "gevent", "--worker-connections", "2000",
+            "--timeout", "120"]  # fmt: skip
     return argv + (["--config", CONFIG] if config else []) + [app]
 
 

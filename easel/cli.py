@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     api = commands.add_parser("api", help="serve the HTTP API under gunicorn")
     api.add_argument("--bind", default="127.0.0.1:8000")
     api.add_argument("--workers", type=int, default=2)
-    api.add_argument("--threads", type=int, default=8)
+    api.add_argument("--connections", type=int, default=2000, help="per worker (gevent)")
 
     worker = commands.add_parser("worker", help="run a Celery worker for one GPU class")
     worker.add_argument("--gpu", required=True, choices=[t.value for t in InferenceType])
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "api":
-        run_api(args.bind, args.workers, args.threads)
+        run_api(args.bind, args.workers, args.connections)
     elif args.command == "worker":
         run_worker(InferenceType(args.gpu), args.concurrency, args.loglevel)
     elif args.command == "webhooks":
@@ -59,8 +59,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_job_command(args))
 
 
-def run_api(bind: str, workers: int, threads: int) -> None:
-    """Replace this process with gunicorn serving ``api.create_app()``."""
+def run_api(bind: str, workers: int, connections: int) -> None:
+    """Replace this process with gunicorn serving ``api.create_app()``.
+
+    gevent's worker, not threads: a request waiting for a job (a sync submit, a long poll)
+    is a greenlet blocked on a socket, so one worker holds thousands of them while it goes
+    on answering everyone else. Flask, redis-py, kombu and boto3 all run on its patched
+    sockets.
+    """
     from shared.metrics import use_multiprocess_dir
 
     use_multiprocess_dir("api")  # gunicorn's workers inherit it: one /metrics sums them all
@@ -73,9 +79,9 @@ def run_api(bind: str, workers: int, threads: int) -> None:
         "--workers",
         str(workers),
         "--worker-class",
-        "gthread",
-        "--threads",
-        str(threads),  # sync requests wait on Redis, not on the CPU
+        "gevent",
+        "--worker-connections",
+        str(connections),
         "--timeout",
         "120",
         "--config",

@@ -12,7 +12,8 @@
     ├── TooManyRequests       429  rate limit or in-flight cap (carries retry_after)
     ├── Unavailable           503
     │   ├── BackendUnavailable    Redis or S3 cannot be reached
-    │   └── NoLiveWorker          nobody consumes the requested queue
+    │   ├── NoLiveWorker          nobody consumes the requested queue
+    │   └── ServerBusy            this API process reads enough large bodies already
     ├── JobError                  a job failed in the worker; ends it FAILED
     │   ├── ImageFetchError
     │   ├── ImageDecodeError
@@ -89,6 +90,12 @@ class BackendUnavailable(Unavailable):
 
 class NoLiveWorker(Unavailable):
     pass
+
+
+class ServerBusy(Unavailable):
+    def __init__(self, message: str, retry_after_s: float | None = None, data: Any = None):
+        super().__init__(message, data)
+        self.retry_after_s = retry_after_s
 
 
 class JobError(EaselError):

@@ -1,21 +1,28 @@
-"""Job records, inline input images, completion signals, queues and worker liveness, in Redis.
+"""Job records, their indexes, completion signals, queues and worker liveness, in Redis.
 
 Keys (all under ``easel:``):
     job:<id>           the JobRecord as JSON, expiring after the job TTL
     tomb:<id>          the owner of a job, kept 4x longer, so an expired id says "expired"
-    input:<id>         the bytes of an image sent as a data URI, deleted when the job ends
-    done:<id>          a list the worker pushes to when the job ends; waiters BLMOVE it onto
-                       itself, which wakes every waiter and leaves the signal for the next
-    cancel:<id>        set when the owner cancels; a running job checks it every step
+    done:<id>          how many times the job ended, kept 5 min: more than once is a
+                       duplicate completion, which the fault suite counts
+    cancel:<id>        set when the owner cancels a job that has not ended; it expires with
+                       the job's record, and goes when the job ends
     queued:<queue>     sorted set of waiting task ids by submit time: queue positions
     running:<queue>    sorted set of running task ids by start time: what the reaper checks
     unpublished:<queue> ids recorded but not yet confirmed on the broker, by submit time: if
                        the API could neither publish nor take the record back, the reaper
                        ends the job FAILED instead of leaving it PENDING for the job TTL
     durations:<queue>  the last run times on a queue, for ETAs
-    owner:<owner>      sorted set of an owner's task ids by submit time: listing
+    owner:<owner>      sorted set of an owner's task ids by submit time: listing; entries
+                       older than the job TTL are trimmed on every write, and the set
+                       expires with its newest job
+    inputbytes:<owner> hash of an owner's unfinished inline inputs (task id -> bytes): the
+                       per-key input quota; the images themselves are in S3 (inputs/<id>)
     inflight:<owner>   an owner's unfinished task ids: the in-flight cap (shared/keys.py)
     workers:<queue>    sorted set of live worker names, scored by their last heartbeat
+
+Channel ``easel:done``: ``finish`` publishes the id of every job that ends; the API's
+waiters listen there (api/waits.py).
 """
 
 from __future__ import annotations
@@ -34,15 +41,39 @@ from shared.models import JobRecord, JobState, JobStatus
 from shared.settings import Settings
 
 PREFIX = "easel:"
+DONE_CHANNEL = f"{PREFIX}done"
 DURATIONS_KEPT = 50
+DONE_COUNT_S = 300
 T = TypeVar("T")
+
+# Set the cancel flag only while the job is unfinished, to expire with its record.
+CANCEL_FLAG = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local state = cjson.decode(raw)['state']
+if state == 'succeeded' or state == 'failed' or state == 'canceled' then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', ttl)
+return 1
+"""
+
+# Atomically: an owner's unfinished inline inputs plus this one stay within the quota.
+INPUT_QUOTA = """
+local used = 0
+for _, size in ipairs(redis.call('HVALS', KEYS[1])) do used = used + tonumber(size) end
+if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
     """A Redis client that fails within the configured timeout instead of hanging."""
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,  # JobStore.wait blocks for less than this
+        socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
@@ -60,23 +91,32 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
-        # A blocking wait must end well inside the socket timeout, or the wait itself
-        # would read as an unreachable Redis.
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-        self.block_s = 1.0 if socket_timeout is None else min(1.0, socket_timeout / 2)
+        self._cancel = client.register_script(CANCEL_FLAG)
+        self._input_quota = client.register_script(INPUT_QUOTA)
 
-    def create(self, record: JobRecord, image: bytes | None = None) -> None:
-        """Store a new job, its inline image and its index entries atomically."""
+    def create(self, record: JobRecord) -> None:
+        """Store a new job and its index entries atomically."""
         task_id = record.task_id
+        owned = key("owner", record.owner)
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(key("job", task_id), record.model_dump_json(), ex=self.ttl_s)
         pipe.set(key("tomb", task_id), record.owner, ex=self.ttl_s * 4)
-        if image is not None:
-            pipe.set(key("input", task_id), image, ex=self.ttl_s)
         pipe.zadd(key("queued", record.queue), {task_id: record.created_at})
-        pipe.zadd(key("owner", record.owner), {task_id: record.created_at})
+        # The owner index forgets what has expired as it grows, not only when listed.
+        pipe.zremrangebyscore(owned, "-inf", record.created_at - self.ttl_s)
+        pipe.zadd(owned, {task_id: record.created_at})
+        pipe.expire(owned, self.ttl_s)
         pipe.zadd(key("unpublished", record.queue), {task_id: record.created_at})
         _run(pipe.execute)
+
+    def reserve_input(self, owner: str, task_id: str, size: int, quota: int) -> bool:
+        """Count an inline input against its owner's quota of bytes; False past the quota."""
+        args: list[str | int] = [task_id, size, quota, self.ttl_s]
+        return bool(_run(partial(self._input_quota, keys=[key("inputbytes", owner)], args=args)))
+
+    def release_input(self, owner: str, task_id: str) -> None:
+        """Give an input's bytes back to its owner's quota (its job was never accepted)."""
+        _run(partial(self.redis.hdel, key("inputbytes", owner), task_id))
 
     def published(self, record: JobRecord) -> None:
         """The broker has the job's message: it is no longer the reaper's to end."""
@@ -140,17 +180,19 @@ class JobStore:
         _run(partial(self.redis.zrem, key("running", queue), task_id))
 
     def finish(self, record: JobRecord) -> None:
-        """Save a terminal record, drop its inline image and wake anyone waiting on it."""
+        """Save a terminal record, free what it held and wake anyone waiting on it."""
         task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
-        pipe.delete(key("input", task_id), key("cancel", task_id))
+        pipe.delete(key("cancel", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
         pipe.zrem(key("inflight", record.owner), task_id)  # its cap slot: shared/keys.py
+        pipe.hdel(key("inputbytes", record.owner), task_id)
         pipe.zrem(key("running", record.queue), task_id)
         pipe.zrem(key("unpublished", record.queue), task_id)
-        pipe.rpush(key("done", task_id), b"1")
-        pipe.expire(key("done", task_id), 300)
+        pipe.incr(key("done", task_id))
+        pipe.expire(key("done", task_id), DONE_COUNT_S)
+        pipe.publish(DONE_CHANNEL, task_id)
         if record.state is JobState.SUCCEEDED and record.started_at and record.finished_at:
             durations = key("durations", record.queue)
             pipe.lpush(durations, round(record.finished_at - record.started_at, 3))
@@ -159,7 +201,9 @@ class JobStore:
 
     def cancel(self, task_id: str) -> JobRecord:
         """Cancel a job: a waiting one ends now; a running one stops at its next step."""
-        _run(partial(self.redis.set, key("cancel", task_id), b"1", ex=self.ttl_s))
+        # The flag lives no longer than the record, and not at all once the job has ended.
+        flag = partial(self._cancel, keys=[key("job", task_id), key("cancel", task_id)])
+        _run(flag)
 
         def cancel_waiting(record: JobRecord) -> bool:
             if record.state is not JobState.QUEUED:
@@ -246,11 +290,6 @@ class JobStore:
                         return found, score
         return found, None
 
-    def input_image(self, task_id: str) -> bytes | None:
-        """The inline image of a job, if it was sent as a data URI."""
-        value = _run(partial(self.redis.get, key("input", task_id)))
-        return value if isinstance(value, bytes) else None
-
     def ping(self) -> None:
         """Raise BackendUnavailable unless Redis answers."""
         _run(self.redis.ping)
@@ -259,29 +298,13 @@ class JobStore:
         """Forget a job that was never accepted (its publish failed)."""
         task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key("job", task_id), key("input", task_id), key("tomb", task_id))
+        pipe.delete(key("job", task_id), key("tomb", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
         pipe.zrem(key("inflight", record.owner), task_id)
+        pipe.hdel(key("inputbytes", record.owner), task_id)
         pipe.zrem(key("owner", record.owner), task_id)
         pipe.zrem(key("unpublished", record.queue), task_id)
         pipe.execute()
-
-    def wait(self, task_id: str, timeout_s: float) -> JobRecord:
-        """Block until the job is terminal or the timeout passes; return its latest record."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            record = self.get(task_id)
-            remaining = deadline - time.monotonic()
-            if record.status.is_terminal or remaining <= 0:
-                return record
-            # Re-read the record at least once a second, so a lost signal costs at most that.
-            wait = max(0.01, min(self.block_s, remaining))
-            # BLMOVE onto the same list rotates the signal instead of taking it, so every
-            # waiter on this job (a sync submit, long polls, an idempotent retry) wakes,
-            # not only the first.
-            done = key("done", task_id)
-            # (Redis takes a decimal timeout since 6.0; redis-py's hint still says int.)
-            _run(partial(self.redis.blmove, done, done, wait, "LEFT", "RIGHT"))  # type: ignore[arg-type]
 
 
 class WorkerLiveness:

@@ -6,6 +6,7 @@ Minimum/Maximum disagree, Minimum/Maximum win.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import StrEnum
 from typing import Any
@@ -137,8 +138,17 @@ class ImageToImageRequest(BaseModel):
         data = self.model_dump(mode="json")
         if self.is_data_uri:
             head, _, payload = self.image.partition(",")
-            data["image"] = f"{head},<{len(payload)} base64 chars>"
+            if not payload.startswith("<"):  # not already a summary (see with_image_summary)
+                data["image"] = f"{head},<{len(payload)} base64 chars>"
         return data
+
+    def with_image_summary(self, mime: str, data: bytes) -> ImageToImageRequest:
+        """This request with its inline image replaced by a short summary of its bytes, once
+        they have been taken out: the bytes go to S3, and the summary's digest still tells
+        two images apart (an Idempotency-Key fingerprint includes it)."""
+        digest = hashlib.sha256(data).hexdigest()
+        summary = f"data:{mime};base64,<{len(data)} bytes, sha256 {digest}>"
+        return self.model_copy(update={"image": summary})
 
 
 class GenerationParams(BaseModel):

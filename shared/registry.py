@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from enum import StrEnum
 from importlib import resources
@@ -31,6 +32,10 @@ class ModelSpec(BaseModel):
     source: str
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     default_steps: int = Field(default=30, ge=1, le=200)
+    # The most denoising steps one request may cause (None: 4 x default_steps). img2img
+    # runs steps x strength of the schedule, so a tiny strength needs ceil(1/strength)
+    # steps for one to remain; past this, the API answers 400 naming strength.
+    max_steps: int | None = Field(default=None, ge=1, le=1000)
     inference_types: list[InferenceType]
     description: str = ""
     attention: Literal["sdpa", "eager"] = "sdpa"
@@ -44,6 +49,24 @@ class ModelSpec(BaseModel):
     # Soft time limit of one job (None: EASEL_JOB_SOFT_TIME_LIMIT_S); the hard one is 60 s
     # later. Capped at 3 h so the hard limit stays under the 6 h visibility timeout.
     time_limit_s: int | None = Field(default=None, ge=1, le=3 * 3600)
+
+    @model_validator(mode="after")
+    def _max_steps_covers_default(self) -> ModelSpec:
+        if self.max_steps is None:
+            self.max_steps = 4 * self.default_steps
+        if self.max_steps < self.default_steps:
+            raise ValueError("max_steps: must be at least default_steps")
+        return self
+
+    @property
+    def step_cap(self) -> int:
+        """``max_steps``, filled in."""
+        return self.max_steps or 4 * self.default_steps
+
+    def steps_for(self, strength: float) -> int | None:
+        """The steps a job of this strength runs, or None past ``max_steps``."""
+        steps = effective_steps(self.default_steps, strength)
+        return steps if steps <= self.step_cap else None
 
     @model_validator(mode="after")
     def _compile_needs_sizes(self) -> ModelSpec:
@@ -88,6 +111,13 @@ class Registry:
                 {"errors": [{"field": "inference_type", "rule": "allowed_for_app"}]},
             )
         return spec
+
+
+def effective_steps(default_steps: int, strength: float) -> int:
+    """Enough steps that at least one denoising step remains after strength cuts them; for
+    a vanishing strength, a huge number rather than an overflow (max_steps refuses it)."""
+    needed = 1 / strength
+    return default_steps if needed <= default_steps else math.ceil(min(needed, 2.0**31))
 
 
 _SPECS = TypeAdapter(list[ModelSpec])

@@ -59,7 +59,19 @@ class Settings(BaseSettings):
     # from zero on queue length (KEDA): there, the queued job is what wakes them.
     require_live_worker: bool = True
     sync_wait_s: float = Field(default=60.0, ge=0)
+    # Waits (sync submits and ?wait= long polls) one key may hold at once, over every API
+    # instance: past it, 429. A wait costs a socket and a greenlet, so this is defence in
+    # depth, not a capacity limit.
+    max_waits_per_key: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Bodies over large_body_bytes are read at most max_large_bodies at a time per API
+    # process; one more waits up to large_body_wait_s for its turn, then gets a 503.
+    large_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_large_bodies: int = Field(default=4, ge=1)
+    large_body_wait_s: float = Field(default=10.0, ge=0)
+    # Inline (data URI or multipart) images wait in S3 under inputs/<task_id>; one key's
+    # unfinished ones may hold at most this many bytes there.
+    max_input_bytes_per_key: int = Field(default=256 * 1024 * 1024, gt=0)
     job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
 
     # Queues: one Celery queue per GPU class.

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 
 RETENTION_RULE_ID = "easel-retention"
+INPUTS_RULE_ID = "easel-inputs"
+INPUTS_PREFIX = "inputs"
+INPUT_RETENTION_DAYS = 1  # inputs are deleted when their job ends; this is the backstop
 
 
 def _same_rule(kept: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -28,6 +31,15 @@ def _same_rule(kept: dict[str, Any], wanted: dict[str, Any]) -> bool:
         and kept.get("Filter", {}).get("Prefix") == wanted["Filter"]["Prefix"]
         and kept.get("Expiration", {}).get("Days") == wanted["Expiration"]["Days"]
     )
+
+
+def _expiry_rule(rule_id: str, prefix: str, days: int) -> dict[str, Any]:
+    return {
+        "ID": rule_id,
+        "Filter": {"Prefix": prefix},
+        "Status": "Enabled",
+        "Expiration": {"Days": days},
+    }
 
 
 def _transient(exc: BaseException) -> bool:
@@ -74,26 +86,31 @@ class Storage:
         """Where one output of a task lives; a rerun overwrites, never duplicates."""
         return f"{self.prefix}/{task_id}/{name}"
 
+    @staticmethod
+    def input_key(task_id: str) -> str:
+        """Where a job's inline input image waits until the job ends."""
+        return f"{INPUTS_PREFIX}/{task_id}"
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist; either way, make outputs expire like job
-        records (a bucket made by hand gets the rule too, beside any rules it has)."""
+        records, and inputs after a day (a bucket made by hand gets the rules too, beside
+        any rules it has)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
-        rule = {
-            "ID": RETENTION_RULE_ID,
-            "Filter": {"Prefix": f"{self.prefix}/"},
-            "Status": "Enabled",
-            "Expiration": {"Days": self.retention_days},
-        }
+        wanted = [
+            _expiry_rule(RETENTION_RULE_ID, f"{self.prefix}/", self.retention_days),
+            _expiry_rule(INPUTS_RULE_ID, f"{INPUTS_PREFIX}/", INPUT_RETENTION_DAYS),
+        ]
         try:
             rules = self._lifecycle_rules()
-            if any(_same_rule(kept, rule) for kept in rules):
+            if all(any(_same_rule(kept, rule) for kept in rules) for rule in wanted):
                 return
-            others = [kept for kept in rules if kept.get("ID") != RETENTION_RULE_ID]
+            ours = {rule["ID"] for rule in wanted}
+            others = [kept for kept in rules if kept.get("ID") not in ours]
             self.client.put_bucket_lifecycle_configuration(
-                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*others, rule]}
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*others, *wanted]}
             )
         except ClientError as exc:  # some S3 servers lack lifecycle rules; records still expire
             log.warning("could not set the bucket's lifecycle rule: %s", exc)
@@ -107,33 +124,48 @@ class Storage:
             raise
         return list(answer.get("Rules", []))
 
-    def put(self, key: str, body: bytes, content_type: str) -> None:
+    def put(
+        self, key: str, body: bytes, content_type: str, retry_for_s: float | None = None
+    ) -> None:
         """Upload one object, retrying with backoff while S3 is unreachable or failing.
 
         botocore's own retries (3 attempts) cover a blip; these cover an outage of up to
-        ``upload_retry_s`` (a restart, a failover). Keys derive from the task id, so a retry
-        overwrites and never duplicates.
+        ``retry_for_s`` (default ``upload_retry_s``: a restart, a failover). Keys derive from
+        the task id, so a retry overwrites and never duplicates.
         """
-        for attempt in Retrying(
-            retry=retry_if_exception(_transient),
-            wait=wait_exponential(multiplier=0.25, max=5),
-            stop=stop_after_delay(self.upload_retry_s),
-            before_sleep=lambda state: log.warning(
-                "upload of %s failed (%s); retrying",
-                key,
-                state.outcome and state.outcome.exception(),
-            ),
-            reraise=True,
-        ):
+        for attempt in self._retrying(key, retry_for_s):
             with attempt:
                 self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
                 )
 
-    def get(self, key: str) -> bytes:
-        """Download one object."""
-        body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+    def get(self, key: str, retry_for_s: float | None = None) -> bytes:
+        """Download one object, riding out an outage as ``put`` does; a missing key raises
+        at once (ClientError ``NoSuchKey``)."""
+        for attempt in self._retrying(key, retry_for_s):
+            with attempt:
+                body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
+
+    def _retrying(self, key: str, retry_for_s: float | None) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential(multiplier=0.25, max=5),
+            stop=stop_after_delay(self.upload_retry_s if retry_for_s is None else retry_for_s),
+            before_sleep=lambda state: log.warning(
+                "S3 call on %s failed (%s); retrying",
+                key,
+                state.outcome and state.outcome.exception(),
+            ),
+            reraise=True,
+        )
+
+    def delete(self, key: str) -> None:
+        """Remove one object (absent is fine); the lifecycle rules catch what this misses."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("could not delete %s (%s); the bucket's lifecycle rule will", key, exc)
 
     def presign(self, key: str) -> str:
         """A GET URL for one object, valid for the configured expiry."""

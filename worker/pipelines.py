@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from shared.errors import ModelError
+from shared.errors import JobError, ModelError
 from shared.models import GenerationParams
 from shared.registry import ModelSpec
 from shared.settings import Settings
@@ -266,11 +265,6 @@ def set_vae_tiling(pipe: Any, spec: ModelSpec, size: tuple[int, int]) -> None:
         pipe.vae.disable_tiling()
 
 
-def effective_steps(default_steps: int, strength: float) -> int:
-    """Enough steps that at least one denoising step remains after strength cuts them."""
-    return max(default_steps, math.ceil(1 / strength))
-
-
 StepCallback = Callable[[int, int], None]
 
 
@@ -293,6 +287,9 @@ def run_img2img(
             on_step(index + 1, pipeline.num_timesteps)
         return tensors
 
+    steps = spec.steps_for(params.strength)
+    if steps is None:  # the API refuses these; a message is never trusted
+        raise JobError(f"strength: too small for {spec.app_id!r} (max_steps {spec.step_cap})")
     set_vae_tiling(pipe, spec, image.size)
     generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
     with torch.inference_mode(), serving_stance(pipe):
@@ -302,7 +299,7 @@ def run_img2img(
             image=image,
             strength=params.strength,
             guidance_scale=params.guidance_scale,
-            num_inference_steps=effective_steps(spec.default_steps, params.strength),
+            num_inference_steps=steps,
             num_images_per_prompt=params.batch,
             generator=generators,
             output_type="pil",

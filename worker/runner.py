@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from botocore.exceptions import ClientError
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from tenacity import (
@@ -122,15 +123,20 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
         except SoftTimeLimitExceeded:
             fail(record, "timed out: the job ran past its time limit")
         except Exception as exc:
-            log.exception("job %s failed unexpectedly", task_id)
-            fail(record, f"internal error: {type(exc).__name__}: {exc}")
+            # No exception text reaches a client: it may hold paths, values or worse.
+            error_id = secrets.token_hex(6)
+            log.exception("job %s failed unexpectedly (error id %s)", task_id, error_id)
             if is_out_of_memory(exc):
+                fail(record, f"out of memory: try a smaller batch or size (error id {error_id})")
                 ctx.pipelines.clear()  # the next job starts from a clean GPU
             else:
+                fail(record, f"internal error while running the job (error id {error_id})")
                 ctx.pipelines.release()  # keep the models, free the failed job's memory
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     persist(ctx.jobs.finish, record)
+    if params.image_url is None:
+        ctx.storage.delete(Storage.input_key(task_id))  # the bucket's rule is the backstop
     observe_job(record)
     ctx.notify(record, WebhookEvent.COMPLETED)
     return record
@@ -225,10 +231,10 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
     spec = ctx.registry.get(params.app_id)
     timings = record.time_required
 
-    data = ctx.jobs.input_image(record.task_id) if params.image_url is None else None
-    if data is None:
-        if params.image_url is None:
-            raise JobError("image: the inline image expired before the job ran")
+    # 3. Get the input image and fit it.
+    if params.image_url is None:
+        data = read_inline_input(ctx, record.task_id)
+    else:
         settings = ctx.settings
         data = fetch_image(
             ctx.http, params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s
@@ -263,6 +269,16 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
         height=height,
     )
     record.state = JobState.SUCCEEDED
+
+
+def read_inline_input(ctx: WorkerContext, task_id: str) -> bytes:
+    """The inline image the API put in S3 for this job."""
+    try:
+        return ctx.storage.get(Storage.input_key(task_id))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise JobError("image: the inline image expired before the job ran") from None
+        raise
 
 
 def upload(

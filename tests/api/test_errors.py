@@ -76,8 +76,12 @@ def test_redis_unreachable_is_503_not_a_hang(
         assert response.json["error"] == "Redis is unreachable; try again shortly"
 
 
-def test_unexpected_error_is_500_without_a_traceback(
-    app: Flask, client: FlaskClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+def test_unexpected_error_is_500_without_a_traceback_and_with_an_error_id_in_the_logs(
+    app: Flask,
+    client: FlaskClient,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     def explode(*_: object) -> None:
         raise RuntimeError("secret internals /srv/easel/config.py line 12")
@@ -85,8 +89,13 @@ def test_unexpected_error_is_500_without_a_traceback(
     monkeypatch.setattr(app.extensions["easel"].registry, "check_runnable", explode)
     response = client.post("/getImageToImage", json=BODY, headers=auth)
     assert response.status_code == 500
-    assert response.json["error"] == "internal error; the request was not processed"
+    error_id = response.json["error_data"]["error_id"]
+    assert response.json["error"] == (
+        f"internal error; the request was not processed (error id {error_id})"
+    )
     assert b"Traceback" not in response.data and b"secret internals" not in response.data
+    [logged] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged.exc_info is not None and "secret internals" in str(logged.exc_info[1])
 
 
 def test_health_answers_without_dependencies(unreachable_redis_app: Flask) -> None:

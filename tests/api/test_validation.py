@@ -87,7 +87,7 @@ ACCEPTED_LIMITS = [
     ("batch", 1),
     ("batch", 4),
     ("strength", 1),
-    ("strength", 0.01),
+    ("strength", 0.025),  # tiny-sd: 10 default steps, max_steps 40
     ("height", 512),
     ("height", 1536),
     ("width", 512),
@@ -105,6 +105,22 @@ def test_values_at_the_limits_pass_validation(
     # Validation passed: the request got as far as looking for a worker (none serves here).
     assert response.status_code == 503
     assert response.json["error"].startswith("inference_type: no live worker")
+
+
+@pytest.mark.parametrize("strength", [0.024, 1e-8, 1e-9, 5e-324])
+def test_a_strength_needing_more_than_max_steps_is_400_naming_strength(
+    client: FlaskClient, auth: dict[str, str], strength: float
+) -> None:
+    response = post(client, {**VALID, "strength": strength}, auth)
+    assert response.status_code == 400
+    envelope = response.json
+    assert envelope["error"] == (
+        "strength: must be at least 0.025 for 'tiny-sd': a smaller strength needs more than "
+        "its max_steps (40) for one denoising step"
+    )
+    assert envelope["error_data"]["errors"] == [
+        {"field": "strength", "rule": "min_for_model", "message": envelope["error"][10:]}
+    ]
 
 
 def test_several_broken_fields_are_all_named(client: FlaskClient, auth: dict[str, str]) -> None:

@@ -209,7 +209,7 @@ def settle(stack: FaultStack, scenario: str, task_ids: list[str], bound_s: float
         if record.error and record.status.value == "FAILED":
             tally.errors.append(record.error)
         tally.re_executed += record.attempts > 1
-        ends = int(jobs.redis.llen(key("done", task_id)))
+        ends = int(jobs.redis.get(key("done", task_id)) or 0)
         listing = storage.client.list_objects_v2(
             Bucket=storage.bucket, Prefix=storage.output_key(task_id, "")
         )

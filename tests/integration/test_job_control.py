@@ -181,7 +181,8 @@ def test_expired_task_says_expired_and_bucket_has_a_retention_rule(
     assert gone.status_code == 404
     assert gone.json is not None and "expired" in gone.json["error"]
     rules = storage.client.get_bucket_lifecycle_configuration(Bucket=storage.bucket)["Rules"]
-    assert rules[0]["Expiration"]["Days"] == 7 and rules[0]["Filter"]["Prefix"] == "outputs/"
+    outputs = next(r for r in rules if r["Filter"]["Prefix"] == "outputs/")
+    assert outputs["Expiration"]["Days"] == 7
 
 
 def test_multipart_upload_with_the_image_as_a_file_part(client: httpx.Client) -> None:

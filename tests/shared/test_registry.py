@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from shared.errors import InvalidRequest, UnknownApp
 from shared.models import InferenceType
-from shared.registry import ModelFamily, load_registry
+from shared.registry import ModelFamily, ModelSpec, effective_steps, load_registry
 
 
 def test_builtin_registry_has_tiny_and_production_models() -> None:
@@ -88,3 +88,28 @@ def test_invalid_speed_settings_are_refused(tmp_path: Path, extra: str, message:
     path.write_text('[m]\nfamily = "sd"\nsource = "a/b"\ninference_types = ["h100"]\n' + extra)
     with pytest.raises(ValidationError, match=message):
         load_registry(path)
+
+
+@pytest.mark.parametrize(("strength", "steps"), [(1.0, 10), (0.5, 10), (0.05, 20), (0.001, 1000)])
+def test_at_least_one_denoising_step_survives_strength(strength: float, steps: int) -> None:
+    assert effective_steps(10, strength) == steps
+    assert int(steps * strength) >= 1
+
+
+def test_a_vanishing_strength_is_a_huge_step_count_not_an_overflow() -> None:
+    assert effective_steps(10, 5e-324) == 2**31
+
+
+def test_max_steps_defaults_to_four_times_default_steps_and_bounds_strength() -> None:
+    spec = load_registry().get("tiny-sd")
+    assert spec.step_cap == 40
+    assert spec.steps_for(0.7) == 10 and spec.steps_for(0.025) == 40
+    assert spec.steps_for(0.024) is None and spec.steps_for(1e-9) is None
+
+
+def test_max_steps_below_default_steps_is_refused() -> None:
+    with pytest.raises(ValidationError, match="max_steps"):
+        ModelSpec(
+            app_id="x", family="sd", source="s", default_steps=30, max_steps=10,
+            inference_types=["a10g"],
+        )  # fmt: skip

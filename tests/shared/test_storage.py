@@ -1,10 +1,16 @@
-"""Storage on a real SeaweedFS: outputs expire like job records, whoever made the bucket."""
+"""Storage on a real SeaweedFS: outputs expire like job records and inputs after a day,
+whoever made the bucket."""
 
 from __future__ import annotations
 
 import uuid
 
-from shared.storage import RETENTION_RULE_ID, Storage
+from shared.storage import (
+    INPUT_RETENTION_DAYS,
+    INPUTS_RULE_ID,
+    RETENTION_RULE_ID,
+    Storage,
+)
 from tests.conftest import settings_from
 
 
@@ -17,14 +23,16 @@ def fresh_storage(stack_env: dict[str, str]) -> Storage:
     return Storage(settings_from(stack_env, s3_bucket=f"easel-test-{uuid.uuid4().hex[:8]}"))
 
 
-def test_a_bucket_made_by_hand_gets_the_retention_rule(stack_env: dict[str, str]) -> None:
+def test_a_bucket_made_by_hand_gets_the_retention_rules(stack_env: dict[str, str]) -> None:
     storage = fresh_storage(stack_env)
     storage.client.create_bucket(Bucket=storage.bucket)  # an operator's bucket, no rules
     storage.ensure_bucket()
-    [rule] = rules_of(storage)
-    assert rule["ID"] == RETENTION_RULE_ID
-    assert rule["Expiration"] == {"Days": storage.retention_days}
-    assert rule["Filter"] == {"Prefix": f"{storage.prefix}/"}
+    rules = {rule["ID"]: rule for rule in rules_of(storage)}
+    assert set(rules) == {RETENTION_RULE_ID, INPUTS_RULE_ID}
+    assert rules[RETENTION_RULE_ID]["Expiration"] == {"Days": storage.retention_days}
+    assert rules[RETENTION_RULE_ID]["Filter"] == {"Prefix": f"{storage.prefix}/"}
+    assert rules[INPUTS_RULE_ID]["Expiration"] == {"Days": INPUT_RETENTION_DAYS}
+    assert rules[INPUTS_RULE_ID]["Filter"] == {"Prefix": "inputs/"}
 
 
 def test_a_stale_retention_rule_is_brought_in_line_and_a_current_one_left_alone(
@@ -40,6 +48,7 @@ def test_a_stale_retention_rule_is_brought_in_line_and_a_current_one_left_alone(
         Bucket=storage.bucket, LifecycleConfiguration={"Rules": [stale]}
     )
     storage.ensure_bucket()
-    assert [r["Expiration"] for r in rules_of(storage)] == [{"Days": storage.retention_days}]
+    days = {r["ID"]: r["Expiration"] for r in rules_of(storage)}
+    assert days[RETENTION_RULE_ID] == {"Days": storage.retention_days}
     storage.ensure_bucket()  # idempotent: nothing to change the second time
-    assert len(rules_of(storage)) == 1
+    assert len(rules_of(storage)) == 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.errors import ModelError
+from shared.errors import JobError, ModelError
 from shared.models import GenerationParams
 from shared.registry import ModelSpec, load_registry
 from shared.settings import Settings
@@ -17,7 +17,6 @@ from worker.images import encode_png
 from worker.pipelines import (
     PipelineCache,
     compile_unet,
-    effective_steps,
     load_pipeline,
     run_img2img,
 )
@@ -84,10 +83,14 @@ def test_same_seed_gives_identical_bytes_and_each_image_its_own_seed(cache: Pipe
     assert first[0] != other[0]
 
 
-@pytest.mark.parametrize(("strength", "steps"), [(1.0, 10), (0.5, 10), (0.05, 20), (0.001, 1000)])
-def test_at_least_one_denoising_step_survives_strength(strength: float, steps: int) -> None:
-    assert effective_steps(10, strength) == steps
-    assert int(steps * strength) >= 1
+@pytest.mark.parametrize("strength", [0.02, 1e-8, 5e-324])
+def test_the_worker_refuses_a_strength_past_max_steps_before_touching_the_model(
+    strength: float,
+) -> None:
+    spec = load_registry().get("tiny-sd")  # default_steps 10, max_steps 40
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(JobError, match=r"^strength: too small"):
+        run_img2img(None, spec, image, params(strength=strength), [1])
 
 
 def spec_of(entry: str, **overrides: object) -> ModelSpec:

@@ -58,8 +58,16 @@ def queued_job(
     record = job_record(str(uuid.uuid4()), batch=batch, seed=11)
     if webhook is not None:
         record.webhook, record.webhook_events = webhook, list(WebhookEvent)
-    ctx.jobs.create(record, png_bytes(128, 128) if image is None else image)
+    ctx.storage.put(Storage.input_key(record.task_id), image or png_bytes(128, 128), "image")
+    ctx.jobs.create(record)
     return record
+
+
+def input_exists(ctx: WorkerContext, task_id: str) -> bool:
+    listing = ctx.storage.client.list_objects_v2(
+        Bucket=ctx.storage.bucket, Prefix=Storage.input_key(task_id)
+    )
+    return bool(listing.get("Contents"))
 
 
 def stored_keys(ctx: WorkerContext, task_id: str) -> list[str]:
@@ -76,7 +84,7 @@ def test_job_succeeds_with_outputs_under_task_derived_keys(ctx: WorkerContext) -
     assert done.image_keys == [f"outputs/{job.task_id}/0.png", f"outputs/{job.task_id}/1.png"]
     assert done.preview_keys == [f"outputs/{job.task_id}/{i}.low.jpeg" for i in (0, 1)]
     assert stored_keys(ctx, job.task_id) == sorted(done.image_keys + done.preview_keys)
-    assert ctx.jobs.input_image(job.task_id) is None  # the inline image is dropped at the end
+    assert not input_exists(ctx, job.task_id)  # the inline image is dropped at the end
 
 
 def test_finished_job_is_not_run_again(ctx: WorkerContext) -> None:
@@ -93,7 +101,7 @@ def test_rerun_after_a_lost_worker_overwrites_instead_of_duplicating(ctx: Worker
     record = ctx.jobs.get(job.task_id)
     record.state = JobState.RUNNING  # as if the worker died after uploading, before recording
     ctx.jobs.save(record)
-    ctx.jobs.redis.set(f"easel:input:{job.task_id}", png_bytes(128, 128))
+    ctx.storage.put(Storage.input_key(job.task_id), png_bytes(128, 128), "image")
     again = run_job(ctx, job.task_id, job.params)
     assert again is not None and again.status is JobStatus.SUCCESS
     assert again.attempts == 2
@@ -242,7 +250,7 @@ def test_out_of_memory_fails_the_job_and_empties_the_cache(ctx: WorkerContext) -
 
 
 def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
-    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import worker.pipelines
     import worker.runner
@@ -258,7 +266,11 @@ def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
     job = queued_job(ctx, batch=1)
     done = run_job(broken, job.task_id, job.params)
     assert done is not None and done.status is JobStatus.FAILED
-    assert done.error == "internal error: ValueError: the pipeline broke"
+    assert done.error is not None and done.error.startswith("internal error while running")
+    assert "ValueError" not in done.error and "broke" not in done.error  # no exception text
+    error_id = done.error.rsplit("error id ", 1)[1].rstrip(")")
+    [logged] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged.exc_info is not None and "the pipeline broke" in str(logged.exc_info[1])
     assert released == [ctx.settings.device]  # the failed job's memory, freed
     assert cache.loaded() == ["tiny-sd"]  # the model stays warm for the next job
 
