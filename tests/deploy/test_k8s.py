@@ -21,6 +21,8 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 DASHBOARD = ROOT / "deploy" / "grafana" / "easel-dashboard.json"
+NGINX = ROOT / "deploy" / "nginx"
+UPSTREAM_SERVER = re.compile(r"^(\s*server\s+)(\S+);", re.MULTILINE)
 K8S_VERSION = "1.37"
 KEDA_API = "keda.sh/v1alpha1"
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
@@ -247,6 +249,61 @@ def test_webhook_deliverer_and_flower_run() -> None:
     assert flower["command"][:2] == ["celery", "--broker=$(EASEL_REDIS_URL)"]
     assert "flower" in flower["command"]
     assert "EASEL_REDIS_URL" in {v["name"] for v in flower["env"]}
+
+
+# The nginx proxy in front of the API (deploy/nginx/easel.conf says why it is required)
+
+
+def test_proxy_config_is_the_compose_one_pointed_at_the_api_service() -> None:
+    """tests/deploy/test_compose.py pins the config's timeouts, buffering and limits; this
+    pins that Kubernetes runs that very config, but for the upstream address."""
+    compose_conf = (NGINX / "easel.conf").read_text()
+    assert [m[2] for m in UPSTREAM_SERVER.finditer(compose_conf)] == ["api:8000"]
+    (api_port,) = named("Service")["easel-api"]["spec"]["ports"]
+    k8s_conf = UPSTREAM_SERVER.sub(rf"\g<1>easel-api:{api_port['port']};", compose_conf)
+    assert named("ConfigMap")["easel-proxy"]["data"] == {
+        "nginx.conf": (NGINX / "nginx.conf").read_text(),
+        "easel.conf": k8s_conf,
+    }
+
+
+def test_proxy_runs_unprivileged_with_its_config_and_is_probed_through_to_the_api() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "proxy.yaml" in kustomization["resources"]
+    proxy = named("Deployment")["easel-proxy"]
+    pod, spec = proxy["spec"]["template"]["spec"], container(proxy)
+    conf = named("ConfigMap")["easel-proxy"]["data"]
+    assert proxy["spec"]["replicas"] == 2
+    assert spec["image"].startswith("nginxinc/nginx-unprivileged:")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (config,) = [
+        n for n, v in volumes.items() if v.get("configMap", {}).get("name") == "easel-proxy"
+    ]
+    assert spec["command"] == ["nginx", "-c", f"{mounts[config]}/nginx.conf"]
+    assert f"include {mounts[config]}/easel.conf;" in conf["nginx.conf"]
+    assert "/tmp" in mounts.values()  # pid, buffered bodies: the only place nginx writes
+    listen = re.search(r"^\s*listen\s+(\d+);", conf["easel.conf"], re.MULTILINE)
+    assert listen and {"name": "http", "containerPort": int(listen[1])} in spec["ports"]
+    assert spec["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert "cpu" in spec["resources"]["requests"] and "memory" in spec["resources"]["limits"]
+    # nginx stops gracefully: a request it holds for the API may take proxy_read_timeout.
+    read = re.search(r"proxy_read_timeout\s+(\d+)s;", conf["easel.conf"])
+    assert read and pod["terminationGracePeriodSeconds"] > int(read[1])
+
+
+def test_proxy_is_the_only_public_service() -> None:
+    services = named("Service")
+    public = {n for n, s in services.items() if s["spec"].get("type", "ClusterIP") != "ClusterIP"}
+    assert public == {"easel-proxy"}
+    proxy = services["easel-proxy"]["spec"]
+    labels = named("Deployment")["easel-proxy"]["spec"]["template"]["metadata"]["labels"]
+    assert proxy["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in proxy["ports"]] == ["http"]
+    # The client's own address, for the per-client connection limit and X-Forwarded-For.
+    assert proxy["externalTrafficPolicy"] == "Local"
 
 
 # Redis durability, in Kubernetes and in docker-compose
