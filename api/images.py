@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -34,16 +34,15 @@ LARGE_BODY_RETRY_S = 2.0
 def get_image_to_image() -> Response:
     """Queue an image-to-image job; with ``celery: false`` wait for it, up to a limit."""
     services = get_services()
-    api_key = current_key()
-    with large_body_turn(services):
-        body, image = read_request()
-    if body.celery:
-        record = admit(services, body, image)
-    else:
-        sync_wait_s = services.settings.sync_wait_s
-        with services.wait_cap.slot(api_key.owner, sync_wait_s):  # a 429 leaves no job
+    sync_wait_s = services.settings.sync_wait_s
+    with ExitStack() as waiting:
+        with large_body_turn(services):  # reading and storing it; waiting takes no turn
+            body, image = read_request()
+            if not body.celery:  # a 429 here leaves no job
+                waiting.enter_context(services.wait_cap.slot(current_key().owner, sync_wait_s))
             record = admit(services, body, image)
-            image = None  # nothing holds the bytes while the request waits
+            del image  # nothing holds the bytes while the request waits
+        if not body.celery:
             record = services.completions.wait(record.task_id, sync_wait_s)
     return job_response(services, record)
 

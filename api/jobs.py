@@ -13,7 +13,13 @@ from redis.exceptions import RedisError
 
 from api.metrics import count_job
 from api.services import BROKER_DOWN, Services
-from shared.errors import BackendUnavailable, InvalidRequest, NoLiveWorker, TooManyRequests
+from shared.errors import (
+    BackendUnavailable,
+    InvalidRequest,
+    NoLiveWorker,
+    PayloadTooLarge,
+    TooManyRequests,
+)
 from shared.keys import InflightCap
 from shared.logs import bind_task_id
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
@@ -105,6 +111,13 @@ def check_steps(spec: ModelSpec, strength: float) -> None:
 
 def stash_input(services: Services, record: JobRecord, image: bytes) -> None:
     """Count an inline image against its owner's quota and put it in S3 for the worker."""
+    most = services.settings.image_max_bytes
+    if len(image) > most:  # the bound a fetched image has, too
+        raise PayloadTooLarge(
+            f"image: the inline image is {len(image)} bytes; at most {most} are accepted",
+            {"errors": [{"field": "image", "rule": "max_bytes",
+                         "message": f"at most {most} bytes"}]},
+        )  # fmt: skip
     quota = services.settings.max_input_bytes_per_key
     if not services.jobs.reserve_input(record.owner, record.task_id, len(image), quota):
         raise TooManyRequests(

@@ -9,6 +9,9 @@ API a moment before, with no waiter: ``GET /health`` and an async submit, 300 of
 from 4 keep-alive clients. Goal: both p99s at most 2 x their baseline with the waiters
 held. Then 256 sockets that send half a request line and stop; goal: ``/health`` p99
 within 100 ms.
+
+Last, 16 concurrent JSON submits of a 26 MiB body each (a 19.5 MB image as a data URI),
+sampling the API's RSS every 20 ms: the peak sizes the k8s API pod's memory limit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from shared.jobs import key
 
 PREFIX = "easel.bench.waiters"
 LONG_POLLS, SYNC_SUBMITS, SLOWLORIS = 700, 300, 256
+LARGE_BODIES, LARGE_IMAGE_BYTES = 16, 19_500_000
+K8S_API_LIMIT_MB = 1024.0
 CALLS, CLIENTS = 300, 4
 RATIO_TARGET, SLOWLORIS_TARGET_S = 2.0, 0.1
 
@@ -142,9 +147,60 @@ def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
         finally:
             for sock in slow:
                 sock.close()
+        large = large_bodies(url, headers, process.pid)
     for queue in queues:  # nothing will ever consume these
         stack.redis.delete(queue, f"easel:queued:{queue}")
-    return rows(before, loaded, held, idle_facts, held_facts, health_slow)
+    result, details = rows(before, loaded, held, idle_facts, held_facts, health_slow)
+    peak = large["peak_rss_mb"]
+    around = f"{large['idle_rss_mb']:.1f} MB before; after {large['after_rss_mb']:.1f} MB"
+    result.append(
+        Row("7 waiters", f"API RSS peak, {LARGE_BODIES} concurrent 26 MiB JSON submits",
+            f"{peak:.1f} MB", around, f"<= {K8S_API_LIMIT_MB:.0f} MB (k8s limit)",
+            peak <= K8S_API_LIMIT_MB)
+    )  # fmt: skip
+    return result, {**details, "large_bodies": large}
+
+
+def large_bodies(url: str, headers: dict[str, str], pid: int) -> dict[str, Any]:
+    """Peak RSS of the API (master + workers) while LARGE_BODIES big submits arrive at once."""
+    import base64
+    import secrets
+
+    image = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(LARGE_IMAGE_BYTES)  # the API reads the magic
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    body = json.dumps({"app_id": "tiny-sd", "celery": True, "image": uri})
+    del image, uri
+
+    def total() -> float:
+        return sum(vm_rss_mb(each) for each in [pid, *children(pid)])
+
+    idle, peak, statuses = total(), 0.0, []
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, total())
+            time.sleep(0.02)
+
+    def send() -> None:
+        json_headers = {**headers, "Content-Type": "application/json"}
+        with httpx.Client(base_url=url, headers=json_headers, timeout=120) as client:
+            statuses.append(client.post("/getImageToImage", content=body).status_code)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    senders = [threading.Thread(target=send) for _ in range(LARGE_BODIES)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    done.set()
+    sampler.join()
+    time.sleep(1)
+    return {"idle_rss_mb": round(idle, 1), "peak_rss_mb": round(peak, 1),
+            "after_rss_mb": round(total(), 1), "body_mb": round(len(body) / 2**20, 1),
+            "statuses": sorted(statuses)}  # fmt: skip
 
 
 def rows(

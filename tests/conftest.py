@@ -139,3 +139,29 @@ def loopback_http() -> Iterator[GuardedHttp]:
     guarded = GuardedHttp(UrlPolicy(["127.0.0.1"]))
     yield guarded
     guarded.close()
+
+
+@contextmanager
+def seemingly_served(settings: Settings, queues: list[str]) -> Iterator[None]:
+    """A worker that seems live on ``queues`` (a heartbeat and no worker), so submits are
+    accepted and their jobs stay queued."""
+    from shared.jobs import WorkerLiveness, connect_redis
+
+    liveness = WorkerLiveness(connect_redis(settings), settings.worker_stale_after_s)
+    stopping = threading.Event()
+
+    def beat() -> None:
+        while not stopping.is_set():
+            for queue in queues:
+                liveness.beat(queue, "test-no-worker")
+            stopping.wait(1.0)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        beater.join()
+        for queue in queues:
+            liveness.leave(queue, "test-no-worker")

@@ -21,9 +21,9 @@ import pytest
 
 from easel.dev import stop
 from easel.stack import free_port, wait_until
-from shared.jobs import WorkerLiveness, connect_redis, key
+from shared.jobs import connect_redis, key
 from shared.settings import Settings
-from tests.conftest import API_KEY, data_uri, png_bytes
+from tests.conftest import API_KEY, data_uri, png_bytes, seemingly_served
 from tests.integration.conftest import spawn
 
 pytestmark = pytest.mark.integration
@@ -38,17 +38,6 @@ BODY = {"app_id": "tiny-sd", "image": data_uri(png_bytes(64, 64))}
 @pytest.fixture(scope="module")
 def held_api(stack_env: dict[str, str], stack_settings: Settings, logs_dir: Path) -> Iterator[str]:
     """``easel api`` on unserved queues, kept accepting by a heartbeat of no real worker."""
-    liveness = WorkerLiveness(connect_redis(stack_settings), stack_settings.worker_stale_after_s)
-    stopping = threading.Event()
-
-    def beat() -> None:
-        while not stopping.is_set():
-            for queue in QUEUES.values():
-                liveness.beat(queue, "test-no-worker")
-            stopping.wait(1.0)
-
-    beater = threading.Thread(target=beat, daemon=True)
-    beater.start()
     env = {
         **stack_env,
         "EASEL_QUEUES": json.dumps(QUEUES),
@@ -56,15 +45,13 @@ def held_api(stack_env: dict[str, str], stack_settings: Settings, logs_dir: Path
         "EASEL_MAX_WAITS_PER_KEY": "5000",
     }
     port = free_port()
-    process = spawn(["api", "--bind", f"127.0.0.1:{port}"], env, logs_dir / "api-held.log")
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(f"{url}/health", timeout=2).raise_for_status(), 60, "API")
-    yield url
-    stop(process)
-    stopping.set()
-    beater.join()
-    client = connect_redis(stack_settings)
-    client.delete(*[key("workers", q) for q in QUEUES.values()], *QUEUES.values())
+    with seemingly_served(stack_settings, list(QUEUES.values())):
+        process = spawn(["api", "--bind", f"127.0.0.1:{port}"], env, logs_dir / "api-held.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).raise_for_status(), 60, "API")
+        yield url
+        stop(process)
+    connect_redis(stack_settings).delete(*QUEUES.values())
 
 
 def raw_request(url: str, method: str, path: str, body: bytes = b"") -> socket.socket:
