@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser dev test faults lint typecheck bench clean
+.PHONY: install browser dev test faults lint typecheck bench soak clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -45,6 +45,10 @@ faults: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Ten minutes of mixed load above the workers' capacity, loopback only; writes bench/soak.json.
+soak: install
+	$(BIN)/python -m bench.soak --seconds 600
 
 clean:
 	rm -rf $(VENV) .easel .pytest_cache .mypy_cache .ruff_cache
