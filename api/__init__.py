@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     services.init_app(app, settings)
     errors.init_app(app)
-    limits.init_app(app, settings)
+    limits.init_app(app, settings, keyed=[images.bp, tasks.bp])
     metrics.init_app(app)
     logs.init_app(app)
     for module in (images, tasks, apps, health, openapi, playground):

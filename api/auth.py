@@ -33,10 +33,11 @@ def authenticate() -> KeyRecord:
     known: KeyRecord | None = g.get("api_key")
     if known is not None:
         return known
-    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-    sent = sent.strip()
-    if scheme.lower() != "bearer" or not sent:
-        raise Unauthorized("Authorization: send the header 'Authorization: Bearer <key>'")
+    sent = sent_key()
+    if not sent:
+        raise Unauthorized(
+            "Authorization: send the header 'Authorization: Bearer <key>' (or 'X-API-Key: <key>')"
+        )
     record = bootstrap_key(sent, get_services().settings)
     if record is None and sent.startswith(KEY_PREFIX):
         record = key_store().lookup(sent)
@@ -46,6 +47,15 @@ def authenticate() -> KeyRecord:
         raise Unauthorized("Authorization: this API key was revoked")
     g.api_key = record
     return record
+
+
+def sent_key() -> str:
+    """The key a request sends: ``Authorization: Bearer <key>``, or ``X-API-Key: <key>`` as
+    Qolaba's newer platform sends it; empty if neither."""
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and sent.strip():
+        return sent.strip()
+    return request.headers.get("X-API-Key", "").strip()
 
 
 def bootstrap_key(sent: str, settings: Settings) -> KeyRecord | None:

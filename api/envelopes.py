@@ -26,10 +26,14 @@ def envelope_for(services: Services, record: JobRecord) -> Envelope:
     return Envelope.for_job(record, urls, queue_position=position, eta_seconds=eta)
 
 
-def job_response(services: Services, record: JobRecord, status: int | None = None) -> Response:
-    """The envelope of a job: 200 once terminal, 202 with a Location while pending."""
+def job_response(
+    services: Services, record: JobRecord, warnings: list[str] | None = None
+) -> Response:
+    """The envelope of a job, always 200, as Qolaba's server answers (clients check for
+    200); a job still pending also carries a ``Location`` to poll."""
     envelope = envelope_for(services, record)
+    envelope.warnings = warnings
     if record.status.is_terminal:
-        return json_response(envelope, status or 200)
+        return json_response(envelope, 200)
     location = url_for("tasks.get_task", task_id=record.task_id)
-    return json_response(envelope, status or 202, {"Location": location})
+    return json_response(envelope, 200, {"Location": location})

@@ -5,23 +5,22 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from typing import Any
 
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 from limits.errors import StorageError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from api.limits import limiter_error
-from shared.errors import EaselError, InvalidRequest
+from shared.errors import EaselError, InvalidRequest, field_errors
 from shared.models import Envelope
 
 log = logging.getLogger(__name__)
 
 
 def json_response(
-    envelope: Envelope, status: int, headers: dict[str, str] | None = None
+    envelope: BaseModel, status: int, headers: dict[str, str] | None = None
 ) -> Response:
     """Serialize an envelope."""
     body = envelope.model_dump_json()
@@ -30,13 +29,13 @@ def json_response(
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
     """Turn pydantic's errors into a 400 that names each field and its rule."""
-    errors: list[dict[str, Any]] = []
+    errors: list[tuple[str, str, str]] = []
     for err in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in err["loc"]) or "body"
         message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        errors.append({"field": field, "rule": err["type"], "message": message})
-    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return InvalidRequest(summary, {"errors": errors})
+        errors.append((field, err["type"], message))
+    summary = "; ".join(f"{field}: {message}" for field, _, message in errors)
+    return InvalidRequest(summary, field_errors(errors))
 
 
 def init_app(app: Flask) -> None:

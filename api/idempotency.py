@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from api.jobs import submit
 from api.services import Services
-from shared.errors import BackendUnavailable, Conflict, InvalidRequest
+from shared.errors import BackendUnavailable, Conflict, field_error
 from shared.jobs import _run, key
 from shared.keys import KeyRecord
 from shared.models import ImageToImageRequest, JobRecord
@@ -74,11 +74,10 @@ def submit_once(
         if raw is not None:
             found = Claim.model_validate_json(raw)
             if found.fingerprint != fingerprint:
-                raise Conflict(
-                    "Idempotency-Key: already used with a different body; "
-                    "send the same body to get its task, or use a new key",
-                    {"errors": [{"field": "Idempotency-Key", "rule": "reused",
-                                 "message": "already used with a different body"}]},
+                raise field_error(
+                    "Idempotency-Key", "reused",
+                    "already used with a different body; send the same body to get its "
+                    "task, or use a new key", Conflict,
                 )  # fmt: skip
             if found.task_id is not None:
                 return services.jobs.get(found.task_id)
@@ -112,10 +111,7 @@ def check_header(header: str) -> None:
     """A 400 for an Idempotency-Key that is empty, too long or not printable ASCII."""
     if not 1 <= len(header) <= MAX_KEY_LENGTH or not header.isascii() or not header.isprintable():
         reason = f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
-        raise InvalidRequest(
-            f"Idempotency-Key: {reason}",
-            {"errors": [{"field": "Idempotency-Key", "rule": "header", "message": reason}]},
-        )
+        raise field_error("Idempotency-Key", "header", reason)
 
 
 def fingerprint_of(body: ImageToImageRequest) -> str:

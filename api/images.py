@@ -16,7 +16,7 @@ from api.errors import invalid_request
 from api.idempotency import submit_once
 from api.jobs import take_inline_image
 from api.services import Services, get_services
-from shared.errors import ServerBusy
+from shared.errors import ServerBusy, field_error
 from shared.models import ImageToImageRequest, JobRecord
 
 bp = Blueprint("images", __name__)
@@ -24,27 +24,32 @@ bp.before_request(require_key)
 
 # Form fields that stay text; the others are read as JSON scalars ("4" -> 4, "true" -> True).
 TEXT_FIELDS = {"app_id", "image", "prompt", "negative_prompt", "inference_type", "ref_id"}
-TEXT_FIELDS |= {"output_format", "webhook"}
+TEXT_FIELDS |= {"output_format", "webhook", "file_url"}
+# Form booleans as openapi-python-client and others send them; JSON bodies stay strict.
+BOOL_FIELDS = {"celery", "upscale", "check_copyright_content"}
+FORM_BOOLEANS = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
 # List fields may repeat (-F f=a -F f=b) or hold one JSON list (-F 'f=["a","b"]').
 LIST_FIELDS = {"webhook_events_filter"}
 LARGE_BODY_RETRY_S = 2.0
 
 
 @bp.post("/getImageToImage")
+@bp.post("/getImagetoImage")  # the spelling on Qolaba's docs page
 def get_image_to_image() -> Response:
     """Queue an image-to-image job; with ``celery: false`` wait for it, up to a limit."""
     services = get_services()
     sync_wait_s = services.settings.sync_wait_s
     with ExitStack() as waiting:
         with large_body_turn(services):  # reading and storing it; waiting takes no turn
-            body, image = read_request()
+            body, image, ignored = read_request(services.settings.unknown_fields == "ignore")
             if not body.celery:  # a 429 here leaves no job
                 waiting.enter_context(services.wait_cap.slot(current_key().owner, sync_wait_s))
             record = admit(services, body, image)
             del image  # nothing holds the bytes while the request waits
         if not body.celery:
             record = services.completions.wait(record.task_id, sync_wait_s)
-    return job_response(services, record)
+    warnings = [f"{name}: unknown field, ignored (EASEL_UNKNOWN_FIELDS=ignore)" for name in ignored]
+    return job_response(services, record, warnings=warnings or None)
 
 
 def admit(services: Services, body: ImageToImageRequest, image: bytes | None) -> JobRecord:
@@ -78,39 +83,70 @@ def large_body_turn(services: Services) -> Iterator[None]:
         services.large_bodies.release()
 
 
-def read_request() -> tuple[ImageToImageRequest, bytes | None]:
-    """The validated request, and the bytes of its inline image taken out of it."""
+def read_request(
+    ignore_unknown: bool = False,
+) -> tuple[ImageToImageRequest, bytes | None, list[str]]:
+    """The validated request, the bytes of its inline image taken out of it, and the
+    unknown fields dropped (only with ``ignore_unknown``; else they are a 400)."""
+    ignored: list[str] = []
     try:
         if request.mimetype == "multipart/form-data":
             fields, upload = form_fields()
+            if ignore_unknown:
+                fields, ignored = drop_unknown(fields)
             body = ImageToImageRequest.model_validate(fields)
+        elif ignore_unknown:
+            fields, ignored = drop_unknown(_json_object(request.get_data(cache=False)))
+            body, upload = ImageToImageRequest.model_validate(fields), None
         else:  # parsed straight from the bytes, which nothing keeps afterwards
             upload = None
             body = ImageToImageRequest.model_validate_json(request.get_data(cache=False) or b"{}")
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    return take_inline_image(body, upload)
+    return (*take_inline_image(body, upload), ignored)
+
+
+def drop_unknown(fields: Any) -> tuple[Any, list[str]]:
+    """The fields the request model knows, and the names of the others."""
+    if not isinstance(fields, dict):
+        return fields, []  # validation names what is wrong with it
+    known = set(ImageToImageRequest.model_fields)
+    ignored = sorted(name for name in fields if name not in known)
+    return {k: v for k, v in fields.items() if k in known}, ignored
+
+
+def _json_object(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        raise field_error("body", "json_invalid", "the body is not valid JSON") from None
 
 
 def form_fields() -> tuple[dict[str, Any], tuple[str, bytes] | None]:
-    """A multipart body as request fields, and a file part named ``image`` as (mime, bytes).
+    """A multipart body as request fields, and a file part named ``image`` (or ``file_url``)
+    as (mime, bytes).
 
     The file part stands in the fields as an empty data URI of its type, so validation
-    sees an inline image; its bytes are never base64-encoded.
+    sees an inline image; its bytes are never base64-encoded. Booleans are read as
+    generated clients send them (``True``/``False``, ``true``/``false``, ``1``/``0``).
     """
     fields: dict[str, Any] = {}
     for name, value in request.form.items():
-        fields[name] = value if name in TEXT_FIELDS else _scalar(value)
+        if name in BOOL_FIELDS:
+            fields[name] = FORM_BOOLEANS.get(value, value)
+        else:
+            fields[name] = value if name in TEXT_FIELDS else _scalar(value)
     for name in LIST_FIELDS & set(request.form):
         values = request.form.getlist(name)
         if len(values) > 1 or not values[0].lstrip().startswith("["):
             fields[name] = values
-    upload = request.files.get("image")
-    if upload is None:
-        return fields, None
-    mime = upload.mimetype if upload.mimetype.startswith("image/") else "image/png"
-    fields["image"] = f"data:{mime};base64,"
-    return fields, (mime, upload.read())
+    for part in ("image", "file_url"):
+        upload = request.files.get(part)
+        if upload is not None:
+            mime = upload.mimetype if upload.mimetype.startswith("image/") else "image/png"
+            fields[part] = f"data:{mime};base64,"
+            return fields, (mime, upload.read())
+    return fields, None
 
 
 def _scalar(value: str) -> Any:

@@ -19,6 +19,7 @@ from shared.errors import (
     NoLiveWorker,
     PayloadTooLarge,
     TooManyRequests,
+    field_error,
 )
 from shared.keys import InflightCap
 from shared.logs import bind_task_id
@@ -67,17 +68,17 @@ def take_inline_image(
 
 
 def _bad_image(reason: str) -> InvalidRequest:
-    return _field_error("image", "image", reason)
+    return field_error("image", "image", reason)
 
 
 def check_webhook(services: Services, url: str) -> None:
     """Refuse a webhook the server cannot sign or must not call (checked again on delivery)."""
     if services.settings.webhook_secret is None:
-        raise _field_error("webhook", "config", "webhooks are off: EASEL_WEBHOOK_SECRET is unset")
+        raise field_error("webhook", "config", "webhooks are off: EASEL_WEBHOOK_SECRET is unset")
     try:
         services.url_policy.check_literal(url)
     except BlockedURL as exc:
-        raise _field_error("webhook", "ssrf", str(exc)) from None
+        raise field_error("webhook", "ssrf", str(exc)) from None
 
 
 def admit_inflight(services: Services, record: JobRecord, cap: int) -> None:
@@ -92,17 +93,11 @@ def admit_inflight(services: Services, record: JobRecord, cap: int) -> None:
         )
 
 
-def _field_error(field: str, rule: str, reason: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{field}: {reason}", {"errors": [{"field": field, "rule": rule, "message": reason}]}
-    )
-
-
 def check_steps(spec: ModelSpec, strength: float) -> None:
     """A 400 for a strength so small that one denoising step would take more than the
     model's ``max_steps`` (img2img runs ``steps x strength`` of the schedule)."""
     if spec.steps_for(strength) is None:
-        raise _field_error(
+        raise field_error(
             "strength", "min_for_model",
             f"must be at least {1 / spec.step_cap:.4g} for {spec.app_id!r}: a smaller "
             f"strength needs more than its max_steps ({spec.step_cap}) for one denoising step",
@@ -113,11 +108,8 @@ def stash_input(services: Services, record: JobRecord, image: bytes) -> None:
     """Count an inline image against its owner's quota and put it in S3 for the worker."""
     most = services.settings.image_max_bytes
     if len(image) > most:  # the bound a fetched image has, too
-        raise PayloadTooLarge(
-            f"image: the inline image is {len(image)} bytes; at most {most} are accepted",
-            {"errors": [{"field": "image", "rule": "max_bytes",
-                         "message": f"at most {most} bytes"}]},
-        )  # fmt: skip
+        reason = f"the inline image is {len(image)} bytes; at most {most} are accepted"
+        raise field_error("image", "max_bytes", reason, PayloadTooLarge)
     quota = services.settings.max_input_bytes_per_key
     if not services.jobs.reserve_input(record.owner, record.task_id, len(image), quota):
         raise TooManyRequests(
@@ -160,7 +152,7 @@ def submit(
         try:
             services.url_policy.check_literal(request.image)
         except BlockedURL as exc:
-            raise _field_error("image", "ssrf", str(exc)) from None
+            raise field_error("image", "ssrf", str(exc)) from None
     queue = services.settings.queue_for(request.inference_type)
     if services.settings.require_live_worker and not services.liveness.served(queue):
         raise NoLiveWorker(

@@ -17,7 +17,7 @@ import math
 import time
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Blueprint, Flask, current_app
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import parse_many
 from limits.errors import StorageError
@@ -37,10 +37,8 @@ def key_rate() -> str:
     return authenticate().rate
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    """Rate-limit the keyed Blueprints per key, counting in the job Redis."""
-    from api import images, tasks
-
+def init_app(app: Flask, settings: Settings, keyed: list[Blueprint]) -> None:
+    """Rate-limit the ``keyed`` Blueprints per key, counting in the job Redis."""
     parse_many(settings.default_rate_limit)  # a typo fails at start, not on every request
     storage_options: dict[str, Any] = {  # passed to redis-py (typed str | int, takes floats)
         "socket_timeout": settings.redis_timeout_s,
@@ -55,7 +53,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         key_prefix="easel",
     )
     limiter.init_app(app)
-    for blueprint in (images.bp, tasks.bp):
+    for blueprint in keyed:
         limiter.shared_limit(key_rate, scope="key")(blueprint)
     app.extensions["easel.limiter"] = limiter
 

@@ -19,20 +19,14 @@ from flask import Blueprint, Response, jsonify, render_template, send_from_direc
 from pydantic import BaseModel, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from api.tasks import MAX_WAIT_S, ListQuery, StatusQuery, TaskQuery
-from shared.models import AppInfo, Envelope, ImageToImageRequest
+from api.tasks import MAX_WAIT_S, GetImageQuery, ListQuery, StatusQuery, TaskQuery
+from shared.models import AppsEnvelope, Envelope, ImageToImageRequest
 
 bp = Blueprint("openapi", __name__, template_folder="templates")
 
 REF = "#/components/schemas/{model}"
 SWAGGER_UI_DIR = Path(swagger_ui_bundle.swagger_ui_path)
 Schema = dict[str, Any]
-
-
-class AppList(BaseModel):
-    """The answer of ``GET /list_of_Apps``."""
-
-    apps: list[AppInfo]
 
 
 class TaskList(BaseModel):
@@ -60,10 +54,11 @@ class Readiness(BaseModel):
 MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (ImageToImageRequest, "validation"),
     (TaskQuery, "validation"),
+    (GetImageQuery, "validation"),
     (StatusQuery, "validation"),
     (ListQuery, "validation"),
     (Envelope, "serialization"),
-    (AppList, "serialization"),
+    (AppsEnvelope, "serialization"),
     (TaskList, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
@@ -78,19 +73,29 @@ ERRORS: dict[int, tuple[str, str]] = {
     409: ("Conflict", "The `Idempotency-Key` was used with a different body."),
     413: ("PayloadTooLarge", "The body is larger than `EASEL_MAX_BODY_BYTES`."),
     414: ("URITooLong", "The request line is longer than the server reads (4094 bytes)."),
-    429: ("TooManyRequests", "Rate limit reached; retry after `Retry-After` seconds."),
+    429: (
+        "TooManyRequests",
+        "A per-key limit: the rate, jobs in flight, concurrent waits (`max_waits`) or bytes "
+        "of inline images (`max_input_bytes`); retry after `Retry-After` seconds.",
+    ),
     431: ("HeaderFieldsTooLarge", "A header is longer than the server reads (8190 bytes)."),
     500: ("InternalError", "A bug; the answer never carries a traceback."),
-    503: ("Unavailable", "Redis or S3 unreachable, or no live worker serves the GPU class."),
+    503: (
+        "Unavailable",
+        "Redis or S3 unreachable, no live worker serves the GPU class, or the server is "
+        "reading its limit of large bodies (then with `Retry-After`).",
+    ),
+}
+RETRY_AFTER: Schema = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
 }
 HEADERS: dict[int, Schema] = {
     405: {"Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}}},
-    429: {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying.",
-            "schema": {"type": "integer", "minimum": 0},
-        }
-    },
+    429: RETRY_AFTER,
+    503: RETRY_AFTER,
 }
 IDEMPOTENCY_KEY: Schema = {
     "name": "Idempotency-Key",
@@ -147,13 +152,16 @@ def document() -> Schema:
             "version": api_version(),
             "summary": "Self-hostable image-to-image generation, in the shape of Qolaba's API.",
             "description": (
-                "Every answer about a job, and every error, is the `Envelope`. "
-                "Send `Authorization: Bearer <key>` to every route that lists the `bearer` "
-                "security scheme. A wrong method on a known path answers 405; an unknown "
-                "path answers 404; both as the envelope."
+                "Every answer about a job, and every error, is the `Envelope`; a job's answer "
+                "is 200 whatever its status, as Qolaba's server answers. Send "
+                "`Authorization: Bearer <key>` (or `X-API-Key: <key>`) to every keyed route. "
+                "A wrong method on a known path answers 405; an unknown path answers 404; "
+                "both as the envelope. Unknown body fields are a 400 unless the server runs "
+                "with `EASEL_UNKNOWN_FIELDS=ignore`, which drops them and lists them in the "
+                "answer's `warnings`."
             ),
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"apiKey": []}],
         "tags": [
             {"name": "generation", "description": "Submit image-to-image jobs."},
             {"name": "tasks", "description": "Status, long-poll, cancel and listing."},
@@ -167,8 +175,14 @@ def document() -> Schema:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The API key (`EASEL_BOOTSTRAP_API_KEY`).",
-                }
+                    "description": "The API key (`easel keys create`).",
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "The same key, as Qolaba's newer platform sends it.",
+                },
             },
         },
     }
@@ -179,15 +193,18 @@ def multipart_variant(request_schema: Schema) -> Schema:
     form = copy.deepcopy(request_schema)
     form["title"] = "ImageToImageForm"
     form["description"] = (
-        "The body of `POST /getImageToImage` as form fields; the image may be a file part. "
-        "Non-text fields are read as JSON scalars (`4`, `true`, `0.5`)."
+        "The body of `POST /getImageToImage` as form fields; the image may be a file part "
+        "(named `image` or `file_url`). Booleans may be `true`/`false`, `True`/`False` or "
+        "`1`/`0`; other non-text fields are read as JSON scalars (`4`, `0.5`)."
     )
-    form["properties"]["image"] = {
-        "type": "string",
-        "format": "binary",
-        "contentMediaType": "application/octet-stream",
-        "description": "The image file (a text field with a URL or data URI works too).",
-    }
+    for name in ("image", "file_url"):
+        form["properties"][name] = {
+            "type": "string",
+            "format": "binary",
+            "contentMediaType": "application/octet-stream",
+            "description": "The image file (a text field with a URL or data URI works too).",
+        }
+    form["required"] = [name for name in form.get("required", []) if name != "image"]
     return form
 
 
@@ -245,15 +262,16 @@ def paths(ref: dict[type[BaseModel], str]) -> Schema:
     """Every route of the API."""
     envelope = ref[Envelope]
     job = {"description": "The job's envelope.", **json_body(envelope)}
-    pending = {
-        "description": "Accepted and not finished yet: the PENDING envelope.",
+    job = {
+        "description": "The job's envelope; while it is PENDING, `Location` says where to poll.",
         "headers": {
             "Location": {"description": "Where to poll the job.", "schema": {"type": "string"}}
         },
         **json_body(envelope),
     }
     return {
-        "/getImageToImage": {"post": submit_operation(ref, job, pending)},
+        "/getImageToImage": {"post": submit_operation(ref, job, "getImageToImage")},
+        "/getImagetoImage": {"post": submit_operation(ref, job, "getImagetoImage")},
         "/tasks/{task_id}": {
             "get": {
                 "tags": ["tasks"],
@@ -265,6 +283,18 @@ def paths(ref: dict[type[BaseModel], str]) -> Schema:
                 "operationId": "getTask",
                 "parameters": [TASK_ID, *query_parameters(StatusQuery)],
                 "responses": {"200": job, **errors(400, 404, *KEYED)},
+            }
+        },
+        "/getImage": {
+            "post": {
+                "tags": ["tasks"],
+                "summary": "A task's envelope (as Qolaba's docs spell the call)",
+                "operationId": "getImage",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": ref[GetImageQuery]}}},
+                },
+                "responses": {"200": job, **errors(400, 404, 413, *KEYED)},
             }
         },
         "/tasks/{task_id}/cancel": {
@@ -304,16 +334,17 @@ def paths(ref: dict[type[BaseModel], str]) -> Schema:
     }
 
 
-def submit_operation(ref: dict[type[BaseModel], str], job: Schema, pending: Schema) -> Schema:
-    """``POST /getImageToImage``, as JSON or as a form with the image as a file."""
+def submit_operation(ref: dict[type[BaseModel], str], job: Schema, operation_id: str) -> Schema:
+    """``POST /getImageToImage`` (or Qolaba's docs' spelling), as JSON or as a form."""
     return {
         "tags": ["generation"],
         "summary": "Submit an image-to-image job",
         "description": (
-            "`celery: true` answers 202 PENDING at once; `celery: false` waits for the result "
-            "up to `EASEL_SYNC_WAIT_S`, then answers 202 PENDING."
+            "`celery: true` answers 200 PENDING at once, with `Location`; `celery: false` "
+            "waits for the result up to `EASEL_SYNC_WAIT_S`, then answers 200 PENDING. "
+            "`/getImagetoImage` is the same call, as Qolaba's docs page spells it."
         ),
-        "operationId": "getImageToImage",
+        "operationId": operation_id,
         "parameters": [IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
@@ -322,7 +353,7 @@ def submit_operation(ref: dict[type[BaseModel], str], job: Schema, pending: Sche
                 "multipart/form-data": {"schema": {"$ref": REF.format(model="ImageToImageForm")}},
             },
         },
-        "responses": {"200": job, "202": pending, **errors(400, 404, 409, 413, *KEYED)},
+        "responses": {"200": job, **errors(400, 404, 409, 413, *KEYED)},
     }
 
 
@@ -345,7 +376,7 @@ def service_paths(ref: dict[type[BaseModel], str]) -> Schema:
         "content": {"text/html": {"schema": {"type": "string"}}},
     }
     file = {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}}
-    listing = {"description": "Every registered model.", **json_body(ref[AppList])}
+    listing = {"description": "Every registered model.", **json_body(ref[AppsEnvelope])}
     alive = {"description": "The process is alive.", **json_body(ref[Health])}
     ready = {"description": "Redis and S3 answer.", **json_body(ref[Readiness])}
     spec = {

@@ -24,9 +24,22 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class TaskQuery(BaseModel):
+    """Qolaba's ``TaskStatus`` body: ``ref_id`` is accepted, may be empty, and is not used
+    (the task id alone names the task)."""
+
     model_config = ConfigDict(extra="forbid")
 
     task_id: str = Field(min_length=1, max_length=64, strict=True)
+    ref_id: str | None = Field(default=None, max_length=256, strict=True)
+
+
+class GetImageQuery(BaseModel):
+    """The status call as Qolaba's docs spell it: ``{"id": ..., "refID": ""}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, strict=True)
+    refID: str | None = Field(default=None, max_length=256, strict=True)
 
 
 class StatusQuery(BaseModel):
@@ -69,17 +82,29 @@ def get_task(task_id: str) -> Response:
     if query.wait and not record.status.is_terminal:
         with services.wait_cap.slot(record.owner, query.wait):
             record = services.completions.wait(task_id, query.wait)
-    return job_response(services, record, status=200)
+    return job_response(services, record)
 
 
 @bp.post("/tasks")
 def post_task() -> Response:
-    """Qolaba's form of the status call: ``{"task_id": ...}`` in the body."""
+    """Qolaba's form of the status call: ``{"task_id": ..., "ref_id": ""}`` in the body."""
+    query = parse_body(TaskQuery)
+    return job_response(get_services(), owned_task(query.task_id))
+
+
+@bp.post("/getImage")
+def get_image() -> Response:
+    """The status call as Qolaba's docs spell it: ``{"id": ..., "refID": ""}``."""
+    query = parse_body(GetImageQuery)
+    return job_response(get_services(), owned_task(query.id))
+
+
+def parse_body(model: type[M]) -> M:
+    """Validate a JSON body; a 400 names the field."""
     try:
-        query = TaskQuery.model_validate_json(request.get_data() or b"{}")
+        return model.model_validate_json(request.get_data() or b"{}")
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    return job_response(get_services(), owned_task(query.task_id), status=200)
 
 
 @bp.post("/tasks/<task_id>/cancel")
@@ -94,7 +119,7 @@ def cancel_task(task_id: str) -> Response:
         if record.params.image_url is None:
             services.storage.delete(Storage.input_key(task_id))
         count_job(record)
-    return job_response(services, record, status=200)
+    return job_response(services, record)
 
 
 @bp.get("/tasks")

@@ -50,7 +50,7 @@ def submit_all(url: str, headers: dict[str, str], count: int) -> list[str]:
             for _ in range(n):
                 response = client.post("/getImageToImage", json=body)
                 with lock:
-                    if response.status_code == 202:
+                    if response.status_code == 200:
                         ids.append(response.json()["task_id"])
                     else:
                         errors.append(f"{response.status_code} {response.text[:200]}")

@@ -1,6 +1,6 @@
 """The real stack for benchmarks: one Redis-protocol server and one SeaweedFS, shared by the
 sections, plus workers and gunicorn APIs started as ``easel worker`` / ``easel api`` start them
-(the same spawning as tests/integration/conftest.py)."""
+(the same spawning as tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ class Client:
 
     def apps(self) -> list[dict[str, Any]]:
         """The models this deployment serves, with the GPU classes allowed to run each."""
-        apps: list[dict[str, Any]] = self._request("GET", "/list_of_Apps")["apps"]
+        apps: list[dict[str, Any]] = self._request("GET", "/list_of_Apps")["output"]
         return apps
 
     # -- what Task calls ---------------------------------------------------------------

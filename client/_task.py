@@ -91,7 +91,7 @@ class Task:
     def urls(self) -> list[str]:
         """Presigned image URLs once the job succeeded; empty before."""
         output = self.envelope.get("output") or {}
-        return list(output.get("images") or output.get("url") or [])
+        return list(output.get("result") or output.get("images") or [])
 
     @property
     def low_res_urls(self) -> list[str]:

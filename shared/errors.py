@@ -26,7 +26,7 @@ The API maps ``status_code`` to the response in one handler; the worker turns a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 
 class EaselError(Exception):
@@ -116,3 +116,22 @@ class ModelError(JobError):
 
 class JobCanceled(EaselError):
     """Raised inside a running job when its owner cancels it."""
+
+
+E = TypeVar("E", bound=EaselError)
+
+
+def field_error(
+    field: str,
+    rule: str,
+    message: str,
+    error: type[E] = InvalidRequest,  # type: ignore[assignment]
+) -> E:
+    """The one shape of an error about one field: ``"<field>: <message>"``, with
+    ``error_data = {"errors": [{"field", "rule", "message"}]}``, as pydantic's are mapped."""
+    return error(f"{field}: {message}", field_errors([(field, rule, message)]))
+
+
+def field_errors(errors: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """``error_data`` for one or more (field, rule, message) triples."""
+    return {"errors": [{"field": f, "rule": r, "message": m} for f, r, m in errors]}

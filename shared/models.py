@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 DATA_URI_RE = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII)
 MAX_PROMPT_CHARS = 2000
@@ -91,6 +91,9 @@ class ImageToImageRequest(BaseModel):
 
     app_id: str = Field(min_length=1, max_length=128, strict=True)
     image: str = Field(min_length=1, strict=True)
+    # Qolaba's own name for image (its load-test client sends it); moved to image before
+    # validation, so it is left here only when both were sent.
+    file_url: str | None = Field(default=None, exclude=True)
     prompt: str = Field(default="a beautiful painting", max_length=MAX_PROMPT_CHARS, strict=True)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, strict=True)
     guidance_scale: float = Field(default=7.5, ge=2, le=25, strict=True)
@@ -108,6 +111,41 @@ class ImageToImageRequest(BaseModel):
     webhook_events_filter: list[WebhookEvent] = Field(
         default_factory=lambda: list(WebhookEvent), min_length=1, max_length=3
     )
+    # Qolaba's APIInput has these two; this deployment offers neither, and says so rather
+    # than ignore a request for them.
+    upscale: bool = Field(default=False, strict=True)
+    check_copyright_content: bool = Field(default=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_url_names_the_image(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "file_url" in data and "image" not in data:
+            data = dict(data)
+            data["image"] = data.pop("file_url")
+        return data
+
+    @field_validator("file_url")
+    @classmethod
+    def _not_both_image_and_file_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("image and file_url name the same image; send one of them")
+        return value
+
+    @field_validator("upscale")
+    @classmethod
+    def _no_upscaling(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("this deployment does not offer upscaling; send false or omit it")
+        return value
+
+    @field_validator("check_copyright_content")
+    @classmethod
+    def _no_copyright_check(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "this deployment does not check for copyrighted content; send false or omit it"
+            )
+        return value
 
     @field_validator("image")
     @classmethod
@@ -175,23 +213,56 @@ class GenerationParams(BaseModel):
 
 
 class TimeRequired(BaseModel):
-    """Seconds spent in each phase of a job."""
+    """Seconds spent in each phase of a job, and Qolaba's two-number summary of them."""
 
     queue: float | None = None
     load: float | None = None
     inference: float | None = None
+    safety: float | None = None  # the safety checker, over the whole batch in one call
     upload: float | None = None
     total: float | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def startup_time(self) -> float | None:
+        """Qolaba's cold start: loading the model (0 when it was warm)."""
+        return None if self.total is None else (self.load or 0.0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def runtime(self) -> float | None:
+        """Qolaba's rest: everything from submit to the end but the model load."""
+        return None if self.total is None else round(self.total - (self.load or 0.0), 4)
+
 
 class Output(BaseModel):
-    """A finished job's images, and small JPEG previews of them."""
+    """A finished job's images, and small JPEG previews of them.
 
-    images: list[str]
+    ``result`` is the one list of image URLs, named as Qolaba names it; ``images`` is the
+    same list under Easel's earlier name, derived from it, for clients written against
+    that. ``Has_NSFW_Content`` holds the safety checker's flag for each image, in order.
+    """
+
+    result: list[str]
     low_res_urls: list[str] = Field(default_factory=list)
+    Has_NSFW_Content: list[bool] = Field(default_factory=list)  # Qolaba's name, as it spells it
     seeds: list[int]
     width: int
     height: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _result_from_images(cls, data: Any) -> Any:
+        """Records written before ``result`` existed stored the list as ``images``."""
+        if isinstance(data, dict) and "result" not in data and "images" in data:
+            return {**data, "result": data["images"]}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def images(self) -> list[str]:
+        """The image URLs under Easel's earlier name: the same list as ``result``."""
+        return self.result
 
 
 class Progress(BaseModel):
@@ -245,6 +316,7 @@ class Envelope(BaseModel):
     """The one JSON shape every answer takes."""
 
     task_id: str | None = None
+    app_id: str | None = None
     status: JobStatus | None = None
     state: JobState | None = None
     input: dict[str, Any] | None = None
@@ -256,6 +328,7 @@ class Envelope(BaseModel):
     progress: Progress | None = None
     queue_position: int | None = None
     eta_seconds: float | None = None
+    warnings: list[str] | None = None  # what the server ignored (EASEL_UNKNOWN_FIELDS=ignore)
 
     @classmethod
     def for_job(
@@ -268,9 +341,10 @@ class Envelope(BaseModel):
         """Describe a job, with freshly signed (image, preview) URLs when given."""
         output = record.output
         if output is not None and urls is not None:
-            output = output.model_copy(update={"images": urls[0], "low_res_urls": urls[1]})
+            output = output.model_copy(update={"result": urls[0], "low_res_urls": urls[1]})
         return cls(
             task_id=record.task_id,
+            app_id=record.app_id,
             status=record.status,
             state=record.state,
             input=record.input,
@@ -298,3 +372,12 @@ class AppInfo(BaseModel):
     default_steps: int
     inference_types: list[InferenceType]
     description: str = ""
+
+
+class AppsEnvelope(BaseModel):
+    """``GET /list_of_Apps``: Qolaba's envelope, with the apps in ``output``."""
+
+    status: JobStatus = JobStatus.SUCCESS
+    output: list[AppInfo]
+    error: str | None = None
+    error_data: Any = None

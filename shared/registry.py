@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
-from shared.errors import InvalidRequest, UnknownApp
+from shared.errors import UnknownApp, field_error
 from shared.models import AppInfo, InferenceType
 
 
@@ -45,6 +45,10 @@ class ModelSpec(BaseModel):
     compile_mode: CompileMode = "max-autotune-no-cudagraphs"
     compile_sizes: list[tuple[int, int]] = Field(default_factory=list)
     vram_gb: float = Field(default=0.0, ge=0)
+    # The safety checker run over each batch's images: a Hugging Face repo id (e.g.
+    # CompVis/stable-diffusion-safety-checker), a local folder, an s3:// prefix,
+    # "builtin:tiny-safety" (generated locally, random weights, for tests), or None.
+    safety_checker: str | None = None
     step_seconds: float = Field(default=0.0, ge=0, le=60)  # loadtest family: sleep per step
     # Soft time limit of one job (None: EASEL_JOB_SOFT_TIME_LIMIT_S); the hard one is 60 s
     # later. Capped at 3 h so the hard limit stays under the 6 h visibility timeout.
@@ -106,9 +110,8 @@ class Registry:
         spec = self.get(app_id)
         if inference_type not in spec.inference_types:
             allowed = ", ".join(spec.inference_types)
-            raise InvalidRequest(
-                f"inference_type: {app_id!r} runs only on {allowed}",
-                {"errors": [{"field": "inference_type", "rule": "allowed_for_app"}]},
+            raise field_error(
+                "inference_type", "allowed_for_app", f"{app_id!r} runs only on {allowed}"
             )
         return spec
 

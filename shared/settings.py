@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # from zero on queue length (KEDA): there, the queued job is what wakes them.
     require_live_worker: bool = True
     sync_wait_s: float = Field(default=60.0, ge=0)
+    # "forbid": a request field Easel does not know is a 400 (it catches typos). "ignore":
+    # it is dropped and named in the answer's warnings, for clients migrating from Qolaba
+    # that send extras.
+    unknown_fields: Literal["forbid", "ignore"] = "forbid"
     # Waits (sync submits and ?wait= long polls) one key may hold at once, over every API
     # instance: past it, 429. A wait costs a socket and a greenlet, so this is defence in
     # depth, not a capacity limit.
@@ -91,6 +95,13 @@ class Settings(BaseSettings):
     vram_budget_gb: float | None = Field(default=None, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # worker /metrics
     log_json: bool = True  # one JSON object per log line, with task_id
+    # What a flagged image becomes: "flag" (returned, flagged), "blur" (stored heavily
+    # blurred, preview too) or "block" (replaced by a black image). The flag is always
+    # reported in output.Has_NSFW_Content.
+    nsfw_policy: Literal["flag", "blur", "block"] = "flag"
+    # Replaces every concept threshold of the safety checker (None: the checker's own).
+    # -1 flags every image and 2 none: what the tests use to make the tiny checker decide.
+    nsfw_threshold: float | None = Field(default=None, ge=-1, le=2)
 
     # Outbound HTTP (image fetch and webhooks): see shared/netguard.py.
     # Hosts, host:port or CIDRs that may be private; comma-separated or a JSON list.

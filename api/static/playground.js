@@ -54,7 +54,7 @@ async function loadApps() {
   const select = $("app_id");
   try {
     const response = await fetch(form.dataset.appsUrl);
-    apps = (await response.json()).apps || [];
+    apps = (await response.json()).output || [];
   } catch (err) {
     showError(`could not list the models: ${err}`);
     return;
@@ -232,7 +232,7 @@ function finish(envelope) {
   const total = envelope.time_required && envelope.time_required.total;
   showStatus(total == null ? "Done" : `Done in ${total.toFixed(2)} s`);
   const output = envelope.output;
-  $("results").replaceChildren(...output.images.map((url, i) => figure(output, url, i)));
+  $("results").replaceChildren(...output.result.map((url, i) => figure(output, url, i)));
 }
 
 function figure(output, url, i) {
@@ -245,6 +245,11 @@ function figure(output, url, i) {
   caption.append(Object.assign(document.createElement("a"), {
     href: url, textContent: "Download", className: "download", download: "", target: "_blank",
   }));
+  if (output.Has_NSFW_Content && output.Has_NSFW_Content[i]) {
+    caption.append(" · ", Object.assign(document.createElement("span"), {
+      textContent: "flagged by the safety checker", className: "nsfw",
+    }));
+  }
   if (output.low_res_urls && output.low_res_urls[i]) {
     caption.append(" · ", Object.assign(document.createElement("a"), {
       href: output.low_res_urls[i], textContent: "Low-res preview", className: "preview",

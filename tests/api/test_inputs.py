@@ -75,7 +75,7 @@ def test_an_inline_image_waits_in_s3_and_redis_holds_only_a_summary(
     client: FlaskClient, settings: Settings
 ) -> None:
     answer = client.post("/getImageToImage", json=BODY, headers=auth())
-    assert answer.status_code == 202, answer.json
+    assert answer.status_code == 200, answer.json
     task_id = answer.json["task_id"]
     assert Storage(settings).get(Storage.input_key(task_id)) == IMAGE
     redis_client = connect_redis(settings)
@@ -92,7 +92,7 @@ def test_a_multipart_file_part_waits_in_s3_as_sent(client: FlaskClient, settings
     answer = client.post(
         "/getImageToImage", data=data, headers=auth(), content_type="multipart/form-data"
     )
-    assert answer.status_code == 202, answer.json
+    assert answer.status_code == 200, answer.json
     assert Storage(settings).get(Storage.input_key(answer.json["task_id"])) == IMAGE
 
 
@@ -124,7 +124,7 @@ def test_a_key_s_unfinished_inputs_are_capped_and_the_refused_job_is_not_made(
     app = app_with(stack_env, bootstrap_api_key=api_key, max_input_bytes_per_key=quota)
     client = app.test_client()
     for _ in range(2):
-        assert client.post("/getImageToImage", json=BODY, headers=auth(api_key)).status_code == 202
+        assert client.post("/getImageToImage", json=BODY, headers=auth(api_key)).status_code == 200
     refused = client.post("/getImageToImage", json=BODY, headers=auth(api_key))
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
     assert refused.json["error"].startswith("max_input_bytes: ")
@@ -132,7 +132,7 @@ def test_a_key_s_unfinished_inputs_are_capped_and_the_refused_job_is_not_made(
     assert connect_redis(settings).hlen(key("inputbytes", owner_id(api_key))) == 2
     # An image by URL takes nothing from the quota.
     by_url = {**BODY, "image": "http://127.0.0.1:9/a.png"}
-    assert client.post("/getImageToImage", json=by_url, headers=auth(api_key)).status_code == 202
+    assert client.post("/getImageToImage", json=by_url, headers=auth(api_key)).status_code == 200
 
 
 def test_a_large_body_past_the_concurrent_limit_is_503_with_retry_after(
@@ -148,11 +148,11 @@ def test_a_large_body_past_the_concurrent_limit_is_503_with_retry_after(
         services.large_bodies.release()
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "2"
     assert busy.json["error"].startswith("body: this server is reading its limit")
-    assert client.post("/getImageToImage", json=BODY, headers=auth()).status_code == 202
+    assert client.post("/getImageToImage", json=BODY, headers=auth()).status_code == 200
     small = {**BODY, "image": data_uri(png_bytes(8, 8))}  # under large_body_bytes: no turn
     assert services.large_bodies.acquire(timeout=1)
     try:
-        assert client.post("/getImageToImage", json=small, headers=auth()).status_code == 202
+        assert client.post("/getImageToImage", json=small, headers=auth()).status_code == 200
     finally:
         services.large_bodies.release()
 

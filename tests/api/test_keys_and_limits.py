@@ -116,7 +116,7 @@ def test_bootstrap_key_keeps_working_and_keeps_its_owner_id(
 ) -> None:
     auth = {"Authorization": f"Bearer {API_KEY}"}
     response = submit(http, auth)
-    assert response.status_code == 202
+    assert response.status_code == 200
     task_id = response.json["task_id"]
     assert redis_client.zscore(key("owner", owner_id(API_KEY)), task_id) is not None
     assert http.post(f"/tasks/{task_id}/cancel", headers=auth).json["status"] == "CANCELED"
@@ -177,9 +177,9 @@ def test_past_its_cap_a_key_gets_429_until_a_job_ends(
     )
     assert refused.json["error_data"] == {"max_inflight": 2}
     assert int(refused.headers["Retry-After"]) >= 1
-    assert submit(http, other).status_code == 202  # another key's cap is its own
+    assert submit(http, other).status_code == 200  # another key's cap is its own
     http.post(f"/tasks/{first}/cancel", headers=capped)  # ends it: a slot frees
-    assert submit(http, capped).status_code == 202
+    assert submit(http, capped).status_code == 200
 
 
 def test_same_idempotency_key_and_body_give_the_same_task_and_one_job(
@@ -188,7 +188,7 @@ def test_same_idempotency_key_and_body_give_the_same_task_and_one_job(
     headers = {**make_key(), "Idempotency-Key": "order-1"}
     first = submit(http, headers)
     again = submit(http, headers)
-    assert first.status_code == again.status_code == 202
+    assert first.status_code == again.status_code == 200
     assert again.json["task_id"] == first.json["task_id"]
     assert again.json["input"] == first.json["input"]
     assert jobs_of(redis_client, headers["X-Key-Id"]) == 1
@@ -198,7 +198,7 @@ def test_same_idempotency_key_with_another_body_is_409(
     http: FlaskClient, make_key: Callable[..., Headers], redis_client: redis.Redis
 ) -> None:
     headers = {**make_key(), "Idempotency-Key": "order-2"}
-    assert submit(http, headers).status_code == 202
+    assert submit(http, headers).status_code == 200
     response = submit(http, headers, {**BODY, "prompt": "something else"})
     assert response.status_code == 409
     assert response.json["error"].startswith("Idempotency-Key: already used with a different body")
@@ -219,7 +219,7 @@ def test_a_failed_submit_frees_its_idempotency_key(
 ) -> None:
     headers = {**make_key(), "Idempotency-Key": "retry-me"}
     assert submit(http, headers, {**BODY, "app_id": "no-such-model"}).status_code == 404
-    assert submit(http, headers).status_code == 202  # not a 409: nothing was admitted
+    assert submit(http, headers).status_code == 200  # not a 409: nothing was admitted
 
 
 def test_malformed_idempotency_key_is_400(
@@ -248,6 +248,6 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_job(
     for thread in threads:
         thread.join()
     assert len(answers) == 8
-    assert {status for status, _ in answers} == {202}
+    assert {status for status, _ in answers} == {200}
     assert len({task_id for _, task_id in answers}) == 1
     assert jobs_of(redis_client, headers["X-Key-Id"]) == 1

@@ -71,7 +71,7 @@ def answer(body: dict[str, Any], status: int = 200, **headers: str) -> httpx.Res
 
 
 def succeeded(*urls: str) -> dict[str, Any]:
-    output = {"images": list(urls), "low_res_urls": [], "seeds": [7], "width": 64, "height": 64}
+    output = {"result": list(urls), "low_res_urls": [], "seeds": [7], "width": 64, "height": 64}
     return envelope("succeeded", output=output, progress={"step": 10, "total": 10})
 
 
@@ -122,7 +122,7 @@ def test_429_sleeps_for_retry_after_then_succeeds() -> None:
         answer({"error": "slow down"}, 429, **{"Retry-After": "2"}),
         answer({"error": "slow down"}, 429, **{"Retry-After": later}),
         answer({"error": "slow down"}, 429),
-        answer(envelope(), 202),
+        answer(envelope(), 200),
     )
     with api.client(max_retries=3) as easel:
         task = easel.image_to_image("https://img.test/cat.png", "a cat")
@@ -149,7 +149,7 @@ def test_unreachable_api_raises_connection_error() -> None:
 
 
 def test_url_image_is_sent_as_json_with_only_the_given_fields() -> None:
-    api = FakeAPI(answer(envelope(queue_position=2), 202))
+    api = FakeAPI(answer(envelope(queue_position=2), 200))
     with api.client() as easel:
         task = easel.image_to_image(
             "https://img.test/cat.png", "a cat", strength=0.5, guidance=9, seed=3,
@@ -170,7 +170,7 @@ def test_url_image_is_sent_as_json_with_only_the_given_fields() -> None:
 def test_local_file_is_sent_as_a_multipart_file_part(tmp_path: Path) -> None:
     photo = tmp_path / "photo.png"
     photo.write_bytes(PNG)
-    api = FakeAPI(answer(envelope(), 202))
+    api = FakeAPI(answer(envelope(), 200))
     with api.client() as easel:
         easel.image_to_image(photo, "a fox", batch=2, width=512, output_format="webp")
     request = api.requests[0]
@@ -187,7 +187,7 @@ def test_local_file_is_sent_as_a_multipart_file_part(tmp_path: Path) -> None:
 
 
 def test_bytes_are_uploaded_with_their_sniffed_type() -> None:
-    api = FakeAPI(answer(envelope(), 202))
+    api = FakeAPI(answer(envelope(), 200))
     with api.client() as easel:
         easel.image_to_image(b"\xff\xd8\xff\xe0jpeg", "x")
     image = form_parts(api.requests[0])["image"]
@@ -311,7 +311,7 @@ def test_images_of_a_failed_task_raise() -> None:
 def test_apps_and_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EASEL_API_URL", BASE)
     monkeypatch.setenv("EASEL_API_KEY", "from-env")
-    api = FakeAPI(answer({"apps": [{"app_id": "tiny-sd"}]}))
+    api = FakeAPI(answer({"status": "SUCCESS", "output": [{"app_id": "tiny-sd"}]}))
     with Client(transport=httpx.MockTransport(api)) as easel:
         assert easel.apps() == [{"app_id": "tiny-sd"}]
     assert str(api.requests[0].url) == f"{BASE}/list_of_Apps"

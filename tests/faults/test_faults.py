@@ -39,7 +39,7 @@ def submit_many(stack: FaultStack, count: int, gpu: str = "a10g") -> list[str]:
             except httpx.TransportError:
                 time.sleep(0.2)
                 continue
-            if answer.status_code == 202:
+            if answer.status_code == 200:
                 ids.append(answer.json()["task_id"])
             else:
                 assert answer.status_code == 503, answer.text  # nothing else is acceptable

@@ -37,8 +37,7 @@ from easel.stack import free_port, wait_until
 from shared.jobs import WorkerLiveness, connect_redis, key
 from shared.models import InferenceType
 from shared.settings import Settings
-from tests.conftest import data_uri, png_bytes, settings_from
-from tests.integration.conftest import spawn
+from tests.conftest import data_uri, png_bytes, settings_from, spawn
 
 pytestmark = pytest.mark.integration
 

@@ -43,18 +43,19 @@ def download_pngs(urls: list[str]) -> list[Image.Image]:
     return images
 
 
-def test_async_submit_answers_202_pending_with_location_then_succeeds(client: httpx.Client) -> None:
+def test_async_submit_answers_200_pending_with_location_then_succeeds(client: httpx.Client) -> None:
     response = submit(client, celery=True, batch=2, ref_id="order-7")
-    assert response.status_code == 202
+    assert response.status_code == 200  # as Qolaba's server answers
     envelope = response.json()
     assert envelope["status"] == "PENDING"
     assert envelope["ref_id"] == "order-7"
     assert response.headers["Location"] == f"/tasks/{envelope['task_id']}"
     final = poll(client, envelope["task_id"])
     assert final["status"] == "SUCCESS", final["error"]
-    assert len(final["output"]["images"]) == 2
+    assert len(final["output"]["result"]) == 2
+    assert final["output"]["images"] == final["output"]["result"]  # Easel's earlier name
     assert len(set(final["output"]["seeds"])) == 2
-    images = download_pngs(final["output"]["images"])
+    images = download_pngs(final["output"]["result"])
     assert [image.size for image in images] == [(256, 256), (256, 256)]
     assert final["ref_id"] == "order-7"
 
@@ -168,14 +169,14 @@ def test_ready_reports_redis_s3_and_live_workers(client: httpx.Client) -> None:
 
 
 def test_list_of_apps_names_families_and_gpu_classes(client: httpx.Client) -> None:
-    apps = {app["app_id"]: app for app in client.get("/list_of_Apps").json()["apps"]}
+    apps = {app["app_id"]: app for app in client.get("/list_of_Apps").json()["output"]}
     assert apps["tiny-sd"]["family"] == "sd"
     assert apps["tiny-sdxl"]["family"] == "sdxl"
     assert apps["sdxl"]["inference_types"] == ["a100", "h100"]
     assert apps["tiny-sd"]["default_steps"] == 10
 
 
-def test_sync_request_past_its_wait_answers_202_pending_and_still_finishes(
+def test_sync_request_past_its_wait_answers_200_pending_and_still_finishes(
     stack_env: dict[str, str], workers: None, client: httpx.Client
 ) -> None:
     from api import create_app
@@ -186,6 +187,6 @@ def test_sync_request_past_its_wait_answers_202_pending_and_still_finishes(
     response = impatient.post(
         "/getImageToImage", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
     )
-    assert response.status_code == 202
+    assert response.status_code == 200 and "Location" in response.headers
     assert response.json is not None and response.json["status"] == "PENDING"
     assert poll(client, response.json["task_id"])["status"] == "SUCCESS"

@@ -24,8 +24,7 @@ from easel.dev import stop
 from easel.stack import free_port, wait_until
 from shared.jobs import WorkerLiveness, connect_redis
 from shared.models import InferenceType
-from tests.conftest import API_KEY, data_uri, png_bytes, settings_from
-from tests.integration.conftest import spawn
+from tests.conftest import API_KEY, data_uri, png_bytes, settings_from, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +172,7 @@ def test_one_task_id_runs_through_the_json_lines_of_the_api_and_the_worker(
     api_lines = json_lines(stack.api_log)
     worker_lines = json_lines(stack.worker_log)
     submit = [r for r in api_lines if r["task_id"] == task_id and r["logger"] == "api.access"]
-    assert submit and submit[0]["method"] == "POST" and submit[0]["status"] in (200, 202)
+    assert submit and submit[0]["method"] == "POST" and submit[0]["status"] == 200
     assert {"time", "level", "logger", "message", "service"} <= submit[0].keys()
     assert any(r["logger"].startswith("gunicorn") for r in api_lines)  # gunicorn's own, as JSON
     traced = [r for r in worker_lines if r["task_id"] == task_id]

@@ -18,8 +18,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import API_KEY, data_uri, png_bytes, serve
-from tests.integration.conftest import ROOT
+from tests.conftest import API_KEY, ROOT, data_uri, png_bytes, serve
 from tests.integration.test_generation import poll, submit
 from tests.integration.test_job_control import watch
 

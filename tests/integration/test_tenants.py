@@ -10,8 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import data_uri, png_bytes
-from tests.integration.conftest import ROOT
+from tests.conftest import ROOT, data_uri, png_bytes
 
 pytestmark = pytest.mark.integration
 
