@@ -25,6 +25,7 @@ from worker.metrics import init_worker_metrics, job_in_flight
 from worker.pipelines import PipelineCache
 from worker.reaper import Reaper
 from worker.runner import WorkerContext, run_job
+from worker.safety import checker_source
 
 log = logging.getLogger(__name__)
 # What publishing a Celery message raises while the broker is unreachable.
@@ -64,7 +65,8 @@ class WorkerProcess:
         return self._ctx
 
     def start(self) -> None:
-        """Warm the configured models, then announce this process as live, in the background."""
+        """Warm the configured models and their safety checkers, then announce this process
+        as live, in the background."""
         threading.Thread(target=self._warm_then_beat, name="easel-heartbeat", daemon=True).start()
 
     def stop(self) -> None:
@@ -89,8 +91,12 @@ class WorkerProcess:
         try:
             ctx.storage.ensure_bucket()
             for app_id in self.settings.warm_models:
-                ctx.pipelines.get(ctx.registry.get(app_id))
-                log.info("model %s is warm", app_id)
+                spec = ctx.registry.get(app_id)
+                ctx.pipelines.get(spec)
+                checker = checker_source(spec)
+                if checker is not None:  # a job's safety check should not pay its load
+                    ctx.checkers.get(checker, self.settings)
+                log.info("model %s is warm (safety checker: %s)", app_id, checker)
         except Exception:
             # Never live, so the API sends no work here; jobs already queued fail clearly.
             log.exception("warm-up failed; this worker will not announce itself")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from shared.errors import JobError, ModelError
 from shared.models import GenerationParams
-from shared.registry import ModelSpec
+from shared.registry import ModelFamily, ModelSpec
 from shared.settings import Settings
 from worker.tiny_models import BUILTIN_PREFIX, ensure_tiny_model
 
@@ -132,25 +132,31 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-def resolve_source(spec: ModelSpec, settings: Settings) -> tuple[str, bool]:
-    """Where ``from_pretrained`` should look, and whether that is a local folder."""
-    if spec.source.startswith(BUILTIN_PREFIX):
-        name = spec.source.removeprefix(BUILTIN_PREFIX)
+def resolve_source(
+    source: str, settings: Settings, marker: str = "model_index.json"
+) -> tuple[str, bool]:
+    """Where ``from_pretrained`` should look for ``source``, and whether that is a local folder.
+
+    ``marker`` is a file a complete folder holds (a pipeline's ``model_index.json``, a
+    safety checker's ``preprocessor_config.json``): an ``s3://`` copy that has it is kept.
+    """
+    if source.startswith(BUILTIN_PREFIX):
+        name = source.removeprefix(BUILTIN_PREFIX)
         return str(ensure_tiny_model(name, settings.model_dir)), True
-    if spec.source.startswith("s3://"):
-        return str(download_s3_prefix(spec.source, settings)), True
-    if Path(spec.source).is_dir():
-        return spec.source, True
-    return spec.source, False  # a Hugging Face repo id
+    if source.startswith("s3://"):
+        return str(download_s3_prefix(source, settings, marker)), True
+    if Path(source).is_dir():
+        return source, True
+    return source, False  # a Hugging Face repo id
 
 
-def download_s3_prefix(uri: str, settings: Settings) -> Path:
-    """Copy a diffusers folder from ``s3://bucket/prefix`` into the model directory once."""
+def download_s3_prefix(uri: str, settings: Settings, marker: str = "model_index.json") -> Path:
+    """Copy a model folder from ``s3://bucket/prefix`` into the model directory once."""
     from shared.storage import Storage
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     target = settings.model_dir / "s3" / bucket / prefix
-    if (target / "model_index.json").exists():
+    if (target / marker).exists():
         return target
     client = Storage(settings).client
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -162,24 +168,35 @@ def download_s3_prefix(uri: str, settings: Settings) -> Path:
     return target
 
 
-def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
-    """Load one model through diffusers' AutoPipelineForImage2Image."""
-    import torch
-    from diffusers import AutoPipelineForImage2Image
+def quiet_hf_logging() -> None:
+    """No progress bars from diffusers or transformers; their lines go out as JSON too."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    for library in (diffusers_logging, transformers_logging):  # their lines go out as JSON too
+    for library in (diffusers_logging, transformers_logging):
         library.disable_default_handler()
         library.enable_propagation()
+
+
+def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
+    """Load one model through diffusers' AutoPipelineForImage2Image."""
+    import torch
+    from diffusers import AutoPipelineForImage2Image
+
+    quiet_hf_logging()
     device = pick_device(settings.device)
     dtype = getattr(torch, spec.dtype) if device.startswith("cuda") else torch.float32
-    source, local = resolve_source(spec, settings)
+    source, local = resolve_source(spec.source, settings)
+    # worker/safety.py checks each batch once, after decoding: SD's own checker stays off.
+    no_checker: dict[str, Any] = {}
+    if spec.family is ModelFamily.SD:
+        no_checker = {"safety_checker": None, "feature_extractor": None}
+        no_checker["requires_safety_checker"] = False  # else diffusers warns at every load
     try:
         pipe = AutoPipelineForImage2Image.from_pretrained(
-            source, dtype=dtype, local_files_only=local
+            source, dtype=dtype, local_files_only=local, **no_checker
         )
     except (OSError, ValueError) as exc:
         raise ModelError(

@@ -6,6 +6,7 @@
 4. Get the pipeline from the per-process cache.
 5. Run one batched pipeline call, one seed per image, reporting progress and
    stopping at the next step if the owner cancels.
+5b. Check the batch's safety in one call (worker/safety.py) and apply the NSFW policy.
 6. Upload each image (and a small preview) under keys derived from the task id.
 7. Record the result, or the one-line reason it failed.
 
@@ -44,10 +45,11 @@ from shared.models import (
     Output,
     OutputFormat,
     Progress,
+    TimeRequired,
     WebhookEvent,
 )
 from shared.netguard import GuardedHttp
-from shared.registry import ModelFamily, Registry
+from shared.registry import ModelFamily, ModelSpec, Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
@@ -56,6 +58,7 @@ from worker.images import encode, prepare_image, preview
 from worker.loadtest import run_loadtest
 from worker.metrics import observe_job
 from worker.pipelines import PipelineCache, run_img2img
+from worker.safety import SafetyCheckers, apply_policy, check, checker_source
 
 log = logging.getLogger(__name__)
 PERSIST_FOR_S = 300  # how long a final write waits for Redis to come back
@@ -73,6 +76,7 @@ class WorkerContext:
     http: GuardedHttp
     webhooks: WebhookPublisher
     name: str = field(default="worker")
+    checkers: SafetyCheckers = field(default_factory=SafetyCheckers)
 
     def live_workers(self) -> set[str]:
         """The workers heartbeating on this worker's queue now."""
@@ -241,18 +245,15 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
         )
     image = prepare_image(data, spec.family, params.width, params.height)
 
+    # 4-5. Get the pipeline and run one batched call, one seed per image.
     first = params.seed if params.seed is not None else secrets.randbelow(2**31)
     seeds = [first + i for i in range(params.batch)]
-    if spec.family == ModelFamily.LOADTEST:  # the benchmark backend: no model, no torch
-        timings.load = 0.0
-        started = time.perf_counter()
-        images = run_loadtest(spec, params, seeds, StepReporter(ctx, record))
-    else:
-        pipe, timings.load = ctx.pipelines.get(spec)
-        started = time.perf_counter()
-        images = run_img2img(pipe, spec, image, params, seeds, StepReporter(ctx, record))
-    timings.inference = round(time.perf_counter() - started, 4)
+    images = run_model(ctx, record, spec, image, params, seeds)
 
+    # 5b. Check safety, before anything is stored: a blurred or blocked image never is.
+    images, flags = check_safety(ctx, spec, images, timings)
+
+    # 6. Upload each image and its preview.
     record.state = JobState.UPLOADING
     with suppress(BackendUnavailable):  # a progress note; the final write is retried
         ctx.jobs.save(record)
@@ -260,15 +261,60 @@ def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) ->
     record.image_keys, record.preview_keys = upload(ctx, record.task_id, images, params)
     timings.upload = round(time.perf_counter() - started, 4)
 
+    # 7. Record the result.
     width, height = images[0].size
     record.output = Output(
-        images=[ctx.storage.presign(key) for key in record.image_keys],
+        result=[ctx.storage.presign(key) for key in record.image_keys],
         low_res_urls=[ctx.storage.presign(key) for key in record.preview_keys],
+        Has_NSFW_Content=flags,
         seeds=seeds,
         width=width,
         height=height,
     )
     record.state = JobState.SUCCEEDED
+
+
+def run_model(
+    ctx: WorkerContext,
+    record: JobRecord,
+    spec: ModelSpec,
+    image: Image.Image,
+    params: GenerationParams,
+    seeds: list[int],
+) -> list[Image.Image]:
+    """Steps 4 and 5: the cached pipeline's one batched call (or the benchmark backend's)."""
+    timings = record.time_required
+    if spec.family == ModelFamily.LOADTEST:  # the benchmark backend: no model, no torch
+        timings.load = 0.0
+        started = time.perf_counter()
+        images = run_loadtest(spec, params, seeds, StepReporter(ctx, record))
+    else:
+        pipe, load_s = ctx.pipelines.get(spec)
+        timings.load = round(load_s, 4)
+        started = time.perf_counter()
+        images = run_img2img(pipe, spec, image, params, seeds, StepReporter(ctx, record))
+    timings.inference = round(time.perf_counter() - started, 4)
+    return images
+
+
+def check_safety(
+    ctx: WorkerContext, spec: ModelSpec, images: list[Image.Image], timings: TimeRequired
+) -> tuple[list[Image.Image], list[bool]]:
+    """Step 5b: a flag per image from one checker call, and the images the policy leaves.
+
+    A model without a checker flags nothing and records no safety time. Loading the
+    checker (only if warm-up did not) counts as loading, like the pipeline's.
+    """
+    source = checker_source(spec)
+    if source is None:
+        return images, [False] * len(images)
+    checker, load_s = ctx.checkers.get(source, ctx.settings)
+    timings.load = round((timings.load or 0.0) + load_s, 4)
+    started = time.perf_counter()
+    flags = check(checker, images, ctx.settings.nsfw_threshold)
+    images = apply_policy(images, flags, ctx.settings.nsfw_policy)
+    timings.safety = round(time.perf_counter() - started, 4)
+    return images, flags
 
 
 def read_inline_input(ctx: WorkerContext, task_id: str) -> bytes:

@@ -1,8 +1,10 @@
-"""The built-in tiny models: SD- and SDXL-shaped pipelines with small random weights.
+"""The built-in tiny models: SD- and SDXL-shaped pipelines with small random weights, and a
+safety checker shaped like CompVis's.
 
 They are generated deterministically on first use, saved as ordinary diffusers folders
 and then loaded through ``from_pretrained`` like any real model, so tests and laptops
-exercise the production path with no download. Their images are noise.
+exercise the production path with no download. Their images are noise, and the checker's
+verdicts are arbitrary until ``EASEL_NSFW_THRESHOLD`` decides them (-1 or 2).
 
 Speed matters more than fidelity here: the VAE downsamples 8x as real ones do, its mid
 block has no attention, and the UNet attends only at its lowest resolution, so a
@@ -12,31 +14,48 @@ block has no attention, and the UNet attends only at its lowest resolution, so a
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
-TINY_MODELS = ("tiny-sd", "tiny-sdxl")
+# Each built-in model, and the file its folder has once it is complete.
+MARKERS = {
+    "tiny-sd": "model_index.json",
+    "tiny-sdxl": "model_index.json",
+    "tiny-safety": "preprocessor_config.json",
+}
+TINY_MODELS = tuple(MARKERS)
 
 
 def ensure_tiny_model(name: str, model_dir: Path) -> Path:
     """The folder of a built-in model, generating it once if it is missing."""
-    if name not in TINY_MODELS:
+    if name not in MARKERS:
         raise ValueError(f"unknown built-in model {name!r}; choose from {TINY_MODELS}")
     target = model_dir / name
-    if (target / "model_index.json").exists():
+    if (target / MARKERS[name]).exists():
         return target
     model_dir.mkdir(parents=True, exist_ok=True)
     with open(model_dir / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several workers may start at once
-        if not (target / "model_index.json").exists():
+        if not (target / MARKERS[name]).exists():
             with tempfile.TemporaryDirectory(dir=model_dir) as scratch:
-                _build(name).save_pretrained(scratch)
+                folder = Path(scratch) / name
+                _save(name, folder)
                 shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(scratch, target)
+                os.replace(folder, target)  # whole or absent: a reader never sees half of it
     return target
+
+
+def _save(name: str, folder: Path) -> None:
+    if name == "tiny-safety":
+        checker, feature_extractor = _safety_checker()
+        checker.save_pretrained(folder)
+        feature_extractor.save_pretrained(folder)  # beside it, as in CompVis's repo
+    else:
+        _build(name).save_pretrained(folder)
 
 
 def _build(name: str) -> Any:
@@ -168,3 +187,49 @@ def _scheduler() -> Any:
         timestep_spacing="leading",
         steps_offset=1,
     )
+
+
+def _safety_checker() -> tuple[Any, Any]:
+    """diffusers' StableDiffusionSafetyChecker on a tiny CLIP vision tower, and its feature
+    extractor (32x32 inputs instead of 224x224).
+
+    Its 17 concept and 3 special-care embeddings are random directions (the class starts
+    them all at ones) and their thresholds lie near the real checker's, so a decision
+    depends on the image as it does in production.
+    """
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={  # unused by the checker, but part of its config
+            "vocab_size": 99,
+            "hidden_size": 16,
+            "intermediate_size": 37,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():
+        for embeds in (checker.concept_embeds, checker.special_care_embeds):
+            embeds.copy_(torch.randn_like(embeds))
+        for weights in (checker.concept_embeds_weights, checker.special_care_embeds_weights):
+            weights.copy_(0.15 + 0.1 * torch.rand_like(weights))
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return checker, feature_extractor

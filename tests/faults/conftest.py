@@ -150,7 +150,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> It
         "EASEL_S3_UPLOAD_RETRY_S": "60",
         "EASEL_LOG_JSON": "false",
     }
-    ensure_tiny_model("tiny-sd", Path(env["EASEL_MODEL_DIR"]))
+    for name in ("tiny-sd", "tiny-safety"):
+        ensure_tiny_model(name, Path(env["EASEL_MODEL_DIR"]))
     wait_until(Storage(settings_from(env)).ensure_bucket, 60, "S3")
     port = free_port()
     stack = FaultStack(workdir, env, redis, s3, f"http://127.0.0.1:{port}", logs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
@@ -298,3 +300,33 @@ def test_progress_is_written_at_most_four_times_a_second_and_always_at_the_end(
     gaps = [later - earlier for earlier, later in itertools.pairwise(saved[:-1])]
     assert all(gap >= 3 for gap in gaps), saved  # 0.3 s apart at least: under 4 a second
     assert len(saved) <= 3 * 4 + 2, saved
+
+
+def test_a_job_reports_a_safety_flag_per_image_and_the_checks_time(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=3)
+    done = run_job(ctx, job.task_id, job.params)
+    assert done is not None and done.status is JobStatus.SUCCESS, done and done.error
+    assert done.output is not None
+    flags = done.output.Has_NSFW_Content
+    assert len(flags) == 3 and all(isinstance(flag, bool) for flag in flags)
+    assert done.time_required.safety is not None and done.time_required.safety >= 0
+    assert "builtin:tiny-safety" in ctx.checkers.loaded()  # cached for the next job
+
+
+def test_a_blocked_job_stores_black_images_and_flags_them(ctx: WorkerContext) -> None:
+    settings = ctx.settings.model_copy(update={"nsfw_threshold": -1.0, "nsfw_policy": "block"})
+    job = queued_job(ctx, batch=2)
+    done = run_job(dataclasses.replace(ctx, settings=settings), job.task_id, job.params)
+    assert done is not None and done.output is not None, done and done.error
+    assert done.output.Has_NSFW_Content == [True, True]
+    for key in done.image_keys + done.preview_keys:
+        stored = Image.open(io.BytesIO(ctx.storage.get(key))).convert("RGB")
+        assert stored.getextrema() == ((0, 0), (0, 0), (0, 0)), key
+
+
+def test_a_model_without_a_checker_flags_nothing_and_times_no_check(ctx: WorkerContext) -> None:
+    job = queued_job(ctx, batch=2)
+    done = run_job(ctx, job.task_id, job.params.model_copy(update={"app_id": "loadtest"}))
+    assert done is not None and done.output is not None, done and done.error
+    assert done.output.Has_NSFW_Content == [False, False]
+    assert done.time_required.safety is None
