@@ -6,7 +6,8 @@ COPY api api
 COPY shared shared
 COPY easel easel
 RUN pip install --no-cache-dir '.[api]'
-USER nobody
+# nobody:nogroup, by number so Kubernetes can check runAsNonRoot (deploy/k8s/api.yaml).
+USER 65534:65534
 EXPOSE 8000
 ENTRYPOINT ["easel"]
 CMD ["api", "--bind", "0.0.0.0:8000"]

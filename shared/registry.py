@@ -49,6 +49,9 @@ class ModelSpec(BaseModel):
     # CompVis/stable-diffusion-safety-checker), a local folder, an s3:// prefix,
     # "builtin:tiny-safety" (generated locally, random weights, for tests), or None.
     safety_checker: str | None = None
+    # Load weights only from .safetensors unless true: a pickled .bin or .ckpt runs code
+    # when unpickled. Only for a trusted model that has no safetensors.
+    allow_pickle: bool = False
     step_seconds: float = Field(default=0.0, ge=0, le=60)  # loadtest family: sleep per step
     # Soft time limit of one job (None: EASEL_JOB_SOFT_TIME_LIMIT_S); the hard one is 60 s
     # later. Capped at 3 h so the hard limit stays under the 6 h visibility timeout.

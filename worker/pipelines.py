@@ -194,9 +194,16 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
     if spec.family is ModelFamily.SD:
         no_checker = {"safety_checker": None, "feature_extractor": None}
         no_checker["requires_safety_checker"] = False  # else diffusers warns at every load
+    # Safetensors only: unpickling a .bin runs whatever code it holds. None is diffusers'
+    # default (safetensors first, else the pickle), for a registry entry that allows it.
+    use_safetensors = None if spec.allow_pickle else True
     try:
         pipe = AutoPipelineForImage2Image.from_pretrained(
-            source, dtype=dtype, local_files_only=local, **no_checker
+            source,
+            dtype=dtype,
+            local_files_only=local,
+            use_safetensors=use_safetensors,
+            **no_checker,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(

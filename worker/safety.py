@@ -89,7 +89,9 @@ def load_checker(source: str, settings: Settings) -> SafetyChecker:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     folder, local = resolve_source(source, settings, FOLDER_MARKER)
     try:
-        model = StableDiffusionSafetyChecker.from_pretrained(folder, local_files_only=local)
+        model = StableDiffusionSafetyChecker.from_pretrained(
+            folder, local_files_only=local, use_safetensors=True  # never a pickle
+        )
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=local)
     except (OSError, ValueError) as exc:
         raise ModelError(f"safety checker {source!r} failed to load: {exc}") from exc

@@ -12,6 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
+from shared.jobs import connect_redis
 from shared.models import InferenceType
 from shared.settings import Settings
 from tests.conftest import API_KEY, data_uri, png_bytes, seemingly_served, settings_from
@@ -27,6 +28,7 @@ def served(stack_env: dict[str, str]) -> Iterator[Settings]:
     settings = settings_from(stack_env, queues=json.dumps(QUEUES))
     with seemingly_served(settings, list(QUEUES.values())):
         yield settings
+    connect_redis(settings).delete(*QUEUES.values())  # nobody will ever consume them
 
 
 def client_with(stack_env: dict[str, str], **overrides: str) -> FlaskClient:

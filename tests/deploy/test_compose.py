@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 import yaml
 from gunicorn.config import Config
+from packaging.requirements import Requirement
 
 from api.tasks import MAX_WAIT_S
 from shared.models import Envelope, InferenceType
 from shared.settings import DEFAULT_QUEUES, Settings
+from tests.deploy.common import ROOT, dockerfile_user, strings_in
 
-ROOT = Path(__file__).resolve().parents[2]
 NGINX = ROOT / "deploy" / "nginx"
 NGINX_TOKEN = re.compile(r"""#[^\n]*|'[^']*'|"[^"]*"|[{};]|[^\s{};'"#]+""")
 SERVER = ("server",)
@@ -88,10 +90,67 @@ def gunicorn_setting(name: str) -> float:
     return float(found[1]) if found else float(getattr(Config(), name))
 
 
+COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+# What an operator exports before `docker compose up` (the file's header names them).
+REQUIRED_ENV = {
+    "EASEL_BOOTSTRAP_API_KEY": "bootstrap-key-0123456789abcdef",
+    "EASEL_S3_SECRET_ACCESS_KEY": "s3-secret-0123456789abcdef",
+    "EASEL_KEY_HASH_SECRET": "hash-secret-0123456789abcdef0123456789",
+    "EASEL_REDIS_PASSWORD": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "EASEL_FLOWER_AUTH": "admin:5a4b3c2d1e0f",
+}
+LOOPBACK = "127.0.0.1"
+
+
+class Unset(Exception):
+    """A variable compose requires (``${NAME:?message}``) is not set."""
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """``value`` with compose's variables filled in from ``env``, as `docker compose config`
+    would: ``${NAME}``, ``${NAME:-default}``, ``${NAME:?message}`` (Unset when missing),
+    ``$$`` for a dollar sign."""
+
+    def fill(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        if name is None:
+            return "$"
+        found = env.get(name)
+        missing = found is None or (found == "" and operator is not None and ":" in operator)
+        if operator and operator.endswith("-"):
+            return argument if missing else str(found)
+        if operator and operator.endswith("?") and missing:
+            raise Unset(f"{name}: {argument}")
+        return found or ""
+
+    if isinstance(value, str):
+        return COMPOSE_VARIABLE.sub(fill, value)
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+def published(port: str) -> tuple[str, str]:
+    """The host address and host port of a published ``[ip:]host:container`` port; the
+    address is 0.0.0.0 (every interface) when the spec names none."""
+    parts = port.split(":")
+    assert len(parts) in (2, 3), port
+    return (parts[0] if len(parts) == 3 else "0.0.0.0", parts[-2])
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     return data
+
+
+@pytest.fixture(scope="module")
+def deployed(compose: dict[str, Any]) -> dict[str, Any]:
+    """docker-compose.yml as compose runs it, with the required variables set and nothing else."""
+    resolved: dict[str, Any] = interpolate(compose, REQUIRED_ENV)
+    return resolved
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +242,7 @@ def test_nginx_is_the_only_published_entry_to_the_api(
     (listen,) = args_of(proxy, "listen")
     assert nginx["ports"] == [f"{api_port}:{listen}"]  # clients keep the API's port
     others = [p for name, s in services.items() if name != "nginx" for p in s.get("ports", [])]
-    assert not [p for p in others if p.split(":")[0] == api_port]
+    assert not [p for p in interpolate(others, REQUIRED_ENV) if published(p)[1] == api_port]
     assert nginx["image"].startswith("nginx:")  # the official image
     assert nginx["depends_on"]["api"]["restart"] is True  # nginx resolves `api` at start
 
@@ -240,7 +299,7 @@ def test_proxy_keeps_connections_to_the_api_alive_and_says_who_asked(
     proxy: list[Directive],
 ) -> None:
     assert args_of(proxy, "proxy_http_version") == ("1.1",)
-    headers = dict(d.args for d in proxy if d.name == "proxy_set_header")
+    headers = {d.args[0]: d.args[1] for d in proxy if d.name == "proxy_set_header"}
     assert headers == {
         "Connection": "",  # keep-alive to the API, whatever the client asked
         "Host": "$host",
@@ -275,3 +334,99 @@ def test_what_nginx_answers_itself_is_the_json_envelope(proxy: list[Directive]) 
         message = messages.get(code, messages["default"])
         envelope = Envelope.model_validate_json(body.replace("$easel_error", message))
         assert envelope == Envelope.for_error(message), code
+
+
+# Safe defaults (docs/kubernetes.md, "Security defaults"): Redis AUTH, Flower behind a login on
+# this host only, nothing else published beyond it, non-root images
+
+
+def test_compose_variables_are_filled_as_compose_fills_them() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET}/${EMPTY:-d}/${UNSET:-d}/${EMPTY-d}/$$SET", env) == "x/d/d//$SET"
+    assert interpolate(["${SET:?need it}"], env) == ["x"]
+    for required in ("${UNSET:?need it}", "${EMPTY:?need it}"):
+        with pytest.raises(Unset, match="need it"):
+            interpolate(required, env)
+    assert published("127.0.0.1:5555:5555") == (LOOPBACK, "5555")
+    assert published("8000:8080") == ("0.0.0.0", "8000")
+
+
+@pytest.mark.parametrize("variable", ["EASEL_REDIS_PASSWORD", "EASEL_FLOWER_AUTH"])
+def test_compose_refuses_to_start_without_a_secret(compose: dict[str, Any], variable: str) -> None:
+    for missing in ({}, {variable: ""}):
+        env = {k: v for k, v in REQUIRED_ENV.items() if k != variable} | missing
+        with pytest.raises(Unset, match=variable):
+            interpolate(compose, env)
+
+
+def test_redis_requires_the_password_every_redis_url_carries(deployed: dict[str, Any]) -> None:
+    services = deployed["services"]
+    password = REQUIRED_ENV["EASEL_REDIS_PASSWORD"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == password
+    urls = {
+        name: [s for s in strings_in(service) if "redis://" in s]
+        for name, service in services.items()
+    }
+    users = {name for name, found in urls.items() if found}
+    assert users == {"api", "worker-a10g", "worker-a100", "worker-h100", "webhooks", "flower"}
+    for name in users:
+        for text in urls[name]:
+            url = urlsplit(text[text.index("redis://") :])
+            assert (url.hostname, url.port, url.password) == ("redis", 6379, password), name
+    assert "ports" not in services["redis"]  # reachable on the compose network only
+
+
+def test_flower_asks_for_a_login_and_listens_on_this_host_only(
+    deployed: dict[str, Any],
+) -> None:
+    flower = deployed["services"]["flower"]
+    assert f"--basic-auth={REQUIRED_ENV['EASEL_FLOWER_AUTH']}" in flower["command"]
+    assert [published(p)[0] for p in flower["ports"]] == [LOOPBACK]
+
+
+def test_only_nginx_is_published_beyond_this_host(deployed: dict[str, Any]) -> None:
+    exposed = {
+        name
+        for name, service in deployed["services"].items()
+        for port in service.get("ports", [])
+        if published(port)[0] != LOOPBACK
+    }
+    assert exposed == {"nginx"}
+    # S3 serves presigned URLs to clients: on this host unless the operator says otherwise.
+    (s3,) = interpolate(deployed["services"]["seaweedfs"]["ports"], {})
+    assert published(s3) == (LOOPBACK, "8333")
+    (elsewhere,) = interpolate(
+        yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["seaweedfs"]["ports"],
+        {"EASEL_S3_BIND": "0.0.0.0"},
+    )
+    assert published(elsewhere) == ("0.0.0.0", "8333")
+
+
+def test_easel_images_run_as_non_root_users(compose: dict[str, Any]) -> None:
+    for name in ("api", "worker"):
+        uid, gid = dockerfile_user(name)
+        assert uid > 0 and gid > 0, name
+    for name, service in compose["services"].items():
+        assert str(service.get("user", "")).split(":")[0] not in {"0", "root"}, name
+    # The worker's user owns the model directory, so a new volume mounted there is its own.
+    worker = (ROOT / "deploy" / "worker.Dockerfile").read_text()
+    model_dir = compose["x-worker"]["environment"]["EASEL_MODEL_DIR"]
+    uid, gid = dockerfile_user("worker")
+    assert f"useradd --uid {uid} --gid " in worker and f"groupadd --gid {gid} " in worker
+    assert re.search(rf"chown {uid}:{gid} {model_dir}$", worker, re.M)
+
+
+def test_worker_base_image_torch_meets_pyproject_s_floor() -> None:
+    """Else pip would swap the image's CUDA torch for whatever PyPI serves."""
+    image = re.search(
+        r"^FROM pytorch/pytorch:([\d.]+)-",
+        (ROOT / "deploy" / "worker.Dockerfile").read_text(),
+        re.M,
+    )
+    assert image, "worker.Dockerfile: FROM pytorch/pytorch:<torch>-cuda..."
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (torch,) = [
+        r for r in map(Requirement, project["optional-dependencies"]["worker"]) if r.name == "torch"
+    ]
+    assert torch.specifier.contains(image[1]), (str(torch), image[1])

@@ -6,7 +6,7 @@ import copy
 import json
 import os
 import re
-from pathlib import Path
+import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,8 +17,8 @@ import yaml
 from shared.models import InferenceType
 from shared.registry import load_registry
 from shared.settings import Settings
+from tests.deploy.common import ROOT, dockerfile_user, strings_in
 
-ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 DASHBOARD = ROOT / "deploy" / "grafana" / "easel-dashboard.json"
 NGINX = ROOT / "deploy" / "nginx"
@@ -61,6 +61,7 @@ def workers() -> dict[InferenceType, Doc]:
 
 
 def container(workload: Doc) -> Doc:
+    only: Doc
     (only,) = workload["spec"]["template"]["spec"]["containers"]
     return only
 
@@ -71,6 +72,89 @@ def scaled_objects_by_target() -> dict[str, Doc]:
 
 def redis_flags(argv: list[str]) -> dict[str, str]:
     return {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}
+
+
+def workloads() -> dict[str, Doc]:
+    """Every Deployment and StatefulSet, by name."""
+    return {**named("Deployment"), **named("StatefulSet")}
+
+
+def pod_labels(workload: Doc) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) matches ``labels``."""
+    if selector.get("matchLabels", {}).items() - labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, values = expression["key"], expression.get("values", [])
+        matches = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }
+        if not matches[expression["operator"]]:
+            return False
+    return True
+
+
+def filled(secret: dict[str, str]) -> dict[str, str]:
+    """A Secret's values with each shipped placeholder replaced by a random secret, as an
+    operator deploys it."""
+    token = secrets.token_hex(32)
+    return {k: re.sub(r"change-me[\w-]*", token, v) for k, v in secret.items()}
+
+
+def secret_env(spec: Doc) -> dict[str, tuple[str, str]]:
+    """The container's variables that come from a Secret key: name -> (Secret, key)."""
+    return {
+        var["name"]: (ref["name"], ref["key"])
+        for var in spec.get("env", [])
+        if (ref := var.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+def secrets_read(workload: Doc) -> set[str]:
+    """The Secrets a workload's container reads, whole or by key."""
+    spec = container(workload)
+    whole = {s["secretRef"]["name"] for s in spec.get("envFrom", []) if "secretRef" in s}
+    return whole | {name for name, _ in secret_env(spec).values()}
+
+
+Peers = tuple[set[str], set[str], bool, set[int]]
+
+
+def admitted(workload: Doc, policies: list[Doc] | None = None) -> Peers:
+    """Who the NetworkPolicies (deploy/k8s's unless given) let connect to a workload's pods:
+    the workloads of this namespace, the other namespaces (by name), whether anyone at all,
+    and on which ports."""
+    labels, everyone = pod_labels(workload), workloads()
+    pods: set[str] = set()
+    namespaces: set[str] = set()
+    anyone = False
+    ports: set[int] = set()
+    for policy in named("NetworkPolicy").values() if policies is None else policies:
+        if not selects(policy["spec"]["podSelector"], labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            ports |= {p["port"] for p in rule["ports"]}
+            anyone |= "from" not in rule
+            for peer in rule.get("from", []):
+                assert len(peer) == 1, f"{policy['metadata']['name']}: one selector per peer"
+                if "podSelector" in peer:
+                    pods |= {
+                        n
+                        for n, w in everyone.items()
+                        if selects(peer["podSelector"], pod_labels(w))
+                    }
+                else:
+                    namespaces.add(
+                        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    )
+    return pods, namespaces, anyone, ports
 
 
 @pytest.fixture
@@ -162,7 +246,7 @@ def test_each_worker_consumes_the_queue_its_scaled_object_watches(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
     config = named("ConfigMap")["easel-config"]["data"]
-    secret = named("Secret")["easel-secrets"]["stringData"]
+    secret = filled(named("Secret")["easel-secrets"]["stringData"])
     by_target = scaled_objects_by_target()
     registry = load_registry()
     for gpu, deployment in workers().items():
@@ -318,6 +402,130 @@ def test_redis_keeps_an_fsynced_append_only_file_and_never_evicts() -> None:
     assert mount == redis_flags(spec["args"])["--dir"]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert redis_flags(compose["services"]["redis"]["command"]).items() >= REDIS_POLICIES.items()
+
+
+# Safe defaults (docs/kubernetes.md, "Security defaults")
+
+WORKERS = {f"easel-worker-{gpu}" for gpu in InferenceType}
+REDIS_CLIENTS = {"easel-api", "easel-webhooks", "flower", *WORKERS}
+KEDA_NAMESPACE = "keda"  # docs/kubernetes.md's helm install
+PROMETHEUS_NAMESPACE = "monitoring"
+
+
+def redis_password() -> str:
+    password: str = named("Secret")["easel-redis-auth"]["stringData"]["password"]
+    return password
+
+
+def test_redis_requires_the_password_every_redis_url_carries() -> None:
+    spec = container(named("StatefulSet")["redis"])
+    assert redis_flags(spec["args"])["--requirepass"] == "$(REDIS_PASSWORD)"
+    auth = ("easel-redis-auth", "password")
+    assert secret_env(spec) == {"REDIS_PASSWORD": auth, "REDISCLI_AUTH": auth}
+    assert spec["readinessProbe"]["exec"]["command"][0] == "redis-cli"  # REDISCLI_AUTH: logged in
+    assert redis_password()
+    urls = [s for _, doc in MANIFESTS for s in strings_in(doc) if "redis://" in s]
+    assert urls == [named("Secret")["easel-secrets"]["stringData"]["EASEL_REDIS_URL"]]
+    assert urlsplit(urls[0]).password == redis_password()
+
+
+def test_every_redis_client_gets_the_url_with_the_password() -> None:
+    """The URL (and its password) lives in easel-secrets; every Redis client reads it there."""
+    users = {n for n, w in workloads().items() if "easel-secrets" in secrets_read(w)}
+    assert users == REDIS_CLIENTS
+    flower = container(named("Deployment")["flower"])
+    assert secret_env(flower)["EASEL_REDIS_URL"] == ("easel-secrets", "EASEL_REDIS_URL")
+    assert "--broker=$(EASEL_REDIS_URL)" in flower["command"]
+
+
+def test_keda_reads_queue_lengths_with_the_redis_password() -> None:
+    auths = named("TriggerAuthentication")
+    for so in named("ScaledObject").values():
+        (trigger,) = so["spec"]["triggers"]
+        assert "password" not in trigger["metadata"]  # never inline
+        auth = auths[trigger["authenticationRef"]["name"]]
+        assert {"parameter": "password", "name": "easel-redis-auth", "key": "password"} in auth[
+            "spec"
+        ]["secretTargetRef"]
+
+
+def test_flower_is_internal_and_asks_for_a_login() -> None:
+    service = named("Service")["flower"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert not named("Ingress")
+    flower = named("Deployment")["flower"]
+    spec = container(flower)
+    assert "--basic-auth=$(EASEL_FLOWER_AUTH)" in spec["command"]
+    assert secret_env(spec)["EASEL_FLOWER_AUTH"] == ("easel-flower-auth", "basic-auth")
+    user, _, password = named("Secret")["easel-flower-auth"]["stringData"]["basic-auth"].partition(
+        ":"
+    )
+    assert user and password
+    readers = {n for n, w in workloads().items() if "easel-flower-auth" in secrets_read(w)}
+    assert readers == {"flower"}
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/healthcheck"  # needs no login
+
+
+def test_network_policies_deny_every_ingress_not_listed() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "network-policy.yaml" in kustomization["resources"]
+    (deny,) = [p for p in named("NetworkPolicy").values() if not p["spec"]["podSelector"]]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+
+
+def test_only_redis_clients_and_keda_reach_redis_and_the_rest_is_as_intended() -> None:
+    """Each workload admits exactly these peers: (workloads, namespaces, anyone, port name)."""
+    intended: dict[str, tuple[set[str], set[str], bool, str | None]] = {
+        "redis": (REDIS_CLIENTS, {KEDA_NAMESPACE}, False, "redis"),
+        "easel-api": ({"easel-proxy"}, {PROMETHEUS_NAMESPACE}, False, "http"),
+        "easel-proxy": (set(), set(), True, "http"),
+        "easel-webhooks": (set(), set(), False, None),
+        "flower": (set(), set(), False, None),
+        **{name: (set(), {PROMETHEUS_NAMESPACE}, False, "metrics") for name in WORKERS},
+    }
+    assert set(intended) == set(workloads())
+    for name, workload in workloads().items():
+        pods, namespaces, anyone, ports = admitted(workload)
+        wanted_pods, wanted_namespaces, wanted_anyone, port_name = intended[name]
+        assert (pods, namespaces, anyone) == (wanted_pods, wanted_namespaces, wanted_anyone), name
+        container_ports = {
+            p["name"]: p["containerPort"] for p in container(workload).get("ports", [])
+        }
+        assert ports == ({container_ports[port_name]} if port_name else set()), name
+
+
+def test_policy_check_would_catch_a_pod_let_in() -> None:
+    assert selects({}, {"a": "b"})
+    assert selects({"matchExpressions": [{"key": "c", "operator": "Exists"}]}, {"c": "x"})
+    assert not selects({"matchLabels": {"a": "b"}}, {"a": "c"})
+    assert not selects({"matchExpressions": [{"key": "c", "operator": "In", "values": ["x"]}]}, {})
+    redis = workloads()["redis"]
+    leaky = copy.deepcopy(named("NetworkPolicy")["redis"])
+    (rule,) = leaky["spec"]["ingress"]
+    rule["from"][0]["podSelector"]["matchExpressions"][1]["values"].append("proxy")
+    assert admitted(redis, [leaky])[0] == REDIS_CLIENTS | {"easel-proxy"}
+    del rule["from"]  # from anywhere
+    assert admitted(redis, [leaky])[2] is True
+
+
+def test_easel_pods_run_as_their_images_non_root_users() -> None:
+    images = {"easel-api": dockerfile_user("api"), "easel-worker": dockerfile_user("worker")}
+    for name, workload in workloads().items():
+        pod, spec = workload["spec"]["template"]["spec"], container(workload)
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0, name
+        if spec["image"] in images:
+            uid, gid = images[spec["image"]]
+            assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), name
+        if name != "redis":  # the official image's entrypoint is left as it ships
+            assert spec["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert spec["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+    config = named("ConfigMap")["easel-config"]["data"]
+    for name in WORKERS:  # the model volume is the worker user's
+        pod = workloads()[name]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["fsGroup"] == dockerfile_user("worker")[1]
+        mounts = {m["mountPath"] for m in container(workloads()[name])["volumeMounts"]}
+        assert config["EASEL_MODEL_DIR"] in mounts
 
 
 # The Grafana dashboard

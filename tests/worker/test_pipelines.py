@@ -212,3 +212,45 @@ def test_compiled_unet_is_warmed_at_load_and_never_compiles_while_serving(
         assert len(graphs) == 4  # the warmed shape reused its graph; the other ran eager
     finally:
         torch._dynamo.reset()
+
+
+# Weights load from safetensors only, unless the registry entry allows pickles
+
+
+def pickled_copy(model_dir: Path, target: Path) -> Path:
+    """tiny-sd with every .safetensors file re-saved as the pickled .bin diffusers and
+    transformers also read: a model that ships only pickles."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pickled_name = {
+        "model.safetensors": "pytorch_model.bin",  # transformers' text encoder
+        "diffusion_pytorch_model.safetensors": "diffusion_pytorch_model.bin",  # UNet, VAE
+    }
+    shutil.copytree(ensure_tiny_model("tiny-sd", model_dir), target)
+    for weights in list(target.rglob("*.safetensors")):
+        torch.save(load_file(weights), weights.with_name(pickled_name[weights.name]))
+        weights.unlink()
+    return target
+
+
+def test_a_model_with_only_pickled_weights_is_refused(tmp_path: Path) -> None:
+    folder = pickled_copy(tmp_path / "models", tmp_path / "pickled")
+    assert list(folder.rglob("*.bin")) and not list(folder.rglob("*.safetensors"))
+    spec = spec_of("tiny-sd", app_id="pickled", source=str(folder))
+    assert spec.allow_pickle is False  # the default
+    with pytest.raises(ModelError, match=r"'pickled' failed to load .*safetensors"):
+        load_pipeline(spec, Settings(model_dir=tmp_path / "models", device="cpu"))
+
+
+def test_allow_pickle_loads_a_trusted_model_that_has_no_safetensors(tmp_path: Path) -> None:
+    folder = pickled_copy(tmp_path / "models", tmp_path / "pickled")
+    spec = spec_of("tiny-sd", app_id="pickled", source=str(folder), allow_pickle=True)
+    pipe = load_pipeline(spec, Settings(model_dir=tmp_path / "models", device="cpu"))
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+
+
+def test_no_builtin_model_allows_pickles() -> None:
+    assert not [s.app_id for s in load_registry().specs.values() if s.allow_pickle]
