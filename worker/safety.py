@@ -90,7 +90,9 @@ def load_checker(source: str, settings: Settings) -> SafetyChecker:
     folder, local = resolve_source(source, settings, FOLDER_MARKER)
     try:
         model = StableDiffusionSafetyChecker.from_pretrained(
-            folder, local_files_only=local, use_safetensors=True  # never a pickle
+            folder,
+            local_files_only=local,
+            use_safetensors=True,  # never a pickle
         )
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=local)
     except (OSError, ValueError) as exc:
