@@ -13,9 +13,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch first and pinned: anything that pulls it in later would otherwise fetch a CUDA build.
-$(STAMP): $(BIN)/python pyproject.toml
+# The SDK is its own distribution (client/): the CLI's submit/status/cancel and the tests use it.
+$(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[api,worker,client,dev,test]'
+	$(BIN)/pip install --quiet -e '.[api,worker,dev,test]' -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)

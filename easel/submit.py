@@ -3,8 +3,8 @@
 stdout carries what a script reads (a task id, image URLs, an envelope as JSON); the
 progress bar and notes go to stderr. The exit status is 0 only when the job succeeded
 (``submit --wait``), was accepted (``submit``), was found (``status``) or was canceled or
-told to stop (``cancel``). The SDK is imported only when one of these runs, so ``easel api``
-never needs tqdm.
+told to stop (``cancel``). The SDK (``easel_client``, its own distribution in client/) is
+imported only when one of these runs, so ``easel api`` and the workers never need it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from client import Client, Task
+    from easel_client import Client, Task
 
 JOB_COMMANDS = ("submit", "status", "cancel")
 
@@ -54,7 +54,13 @@ def add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_job_command(args: argparse.Namespace) -> int:
     """Run one of ``JOB_COMMANDS``; answers the exit status."""
-    from client import APIError, Client, EaselError
+    try:
+        from easel_client import APIError, Client, EaselError
+    except ModuleNotFoundError as exc:
+        if exc.name != "easel_client":
+            raise
+        print("error: this command needs the SDK: pip install ./client", file=sys.stderr)
+        return 1
 
     commands = {"submit": run_submit, "status": run_status, "cancel": run_cancel}
     try:

@@ -1,4 +1,5 @@
-"""The SDK against a scripted API: httpx.MockTransport stands in for the network."""
+"""``Client`` against a scripted API (tests/client/fake_api.py); ``AsyncClient``, which runs the
+same flows, is pinned in test_async_client.py."""
 
 from __future__ import annotations
 
@@ -8,19 +9,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import easel_client
 import httpx
 import pytest
-from tqdm import tqdm
-
-import client
-from client import (
+from easel_client import (
     APIConnectionError,
     APIError,
     BadRequest,
@@ -35,52 +31,10 @@ from client import (
     Unavailable,
     WaitTimeout,
 )
-from client._task import _fit_unsized_terminal
+from easel_client._progress import fit_unsized_terminal
+from tqdm import tqdm
 
-BASE = "http://easel.test"
-PNG = b"\x89PNG\r\n\x1a\nfake"
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class FakeAPI:
-    """Answers each request with the next scripted response, and keeps the requests."""
-
-    def __init__(self, *responses: httpx.Response | Handler) -> None:
-        self.responses = list(responses)
-        self.requests: list[httpx.Request] = []
-        self.sleeps: list[float] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.responses.pop(0)
-        return answer if isinstance(answer, httpx.Response) else answer(request)
-
-    def client(self, **kwargs: Any) -> Client:
-        return Client(
-            BASE, "k", transport=httpx.MockTransport(self), sleep=self.sleeps.append, **kwargs
-        )
-
-
-def envelope(state: str = "queued", **fields: Any) -> dict[str, Any]:
-    status = {"succeeded": "SUCCESS", "failed": "FAILED", "canceled": "CANCELED"}
-    return {"task_id": "t1", "status": status.get(state, "PENDING"), "state": state, **fields}
-
-
-def answer(body: dict[str, Any], status: int = 200, **headers: str) -> httpx.Response:
-    return httpx.Response(status, json=body, headers=headers)
-
-
-def succeeded(*urls: str) -> dict[str, Any]:
-    output = {"result": list(urls), "low_res_urls": [], "seeds": [7], "width": 64, "height": 64}
-    return envelope("succeeded", output=output, progress={"step": 10, "total": 10})
-
-
-def form_parts(request: httpx.Request) -> dict[str, Message]:
-    """A multipart body, by part name."""
-    head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
-    message = BytesParser(policy=HTTP).parsebytes(head + request.read())
-    parts = message.iter_parts()
-    return {str(part.get_param("name", header="content-disposition")): part for part in parts}
+from tests.client.fake_api import BASE, PNG, FakeAPI, answer, envelope, form_parts, succeeded
 
 
 @pytest.mark.parametrize(
@@ -213,12 +167,12 @@ def test_wait_long_polls_and_draws_queue_position_then_steps() -> None:
     assert "queued (position 2)" in drawn and "queued (position 1)" in drawn
     assert "running:  30%" in drawn and "3/10" in drawn
     assert "succeeded: 100%" in drawn and "10/10" in drawn
-    assert task.progress == client.Progress(10, 10) and task.progress.percent == 100.0
+    assert task.progress == easel_client.Progress(10, 10) and task.progress.percent == 100.0
 
 
 def test_a_terminal_that_reports_no_size_still_gets_a_bar() -> None:
     bar = tqdm(file=io.StringIO(), ncols=-1, nrows=-1)
-    assert _fit_unsized_terminal(bar) and (bar.ncols, bar.nrows) == (None, None)
+    assert fit_unsized_terminal(bar) and (bar.ncols, bar.nrows) == (None, None)
     bar.close()
 
 
@@ -320,12 +274,48 @@ def test_apps_and_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_sdk_imports_nothing_from_the_server_packages() -> None:
     server = "{'api', 'worker', 'shared', 'pydantic', 'flask', 'redis', 'standardwebhooks'}"
-    code = f"import sys, client; print(sorted({{m.split('.')[0] for m in sys.modules}} & {server}))"
+    code = (
+        "import sys, easel_client; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {server}))"
+    )
     found = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert found.strip() == "[]"
-    assert client.verify_webhook.__module__ == "client.webhooks"  # imported on first use
+
+
+def test_a_base_url_with_a_path_keeps_it() -> None:
+    api = FakeAPI(answer(envelope()))
+    with Client(f"{BASE}/easel/", "k", transport=httpx.MockTransport(api)) as easel:
+        easel.get("t1")
+    assert str(api.requests[0].url) == f"{BASE}/easel/tasks/t1"
+
+
+def test_a_long_poll_read_timeout_outlasts_the_servers_hold() -> None:
+    api = FakeAPI(answer(envelope()), answer(envelope()))
+    with api.client(timeout=30) as easel:
+        easel.envelope("t1")
+        easel.envelope("t1", wait=30)
+    timeouts = [r.extensions["timeout"]["read"] for r in api.requests]
+    assert timeouts == [30, 40]
+
+
+def test_tasks_stops_at_the_limit_without_asking_for_the_next_page() -> None:
+    api = FakeAPI(answer({"tasks": [envelope(task_id=i) for i in "ab"], "next_cursor": 1.0}))
+    with api.client() as easel:
+        assert [task.id for task in easel.tasks(limit=2)] == ["a", "b"]
+    assert len(api.requests) == 1
+
+
+def test_an_interrupted_wait_closes_its_bar() -> None:
+    def interrupt(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt
+
+    out = io.StringIO()
+    api = FakeAPI(answer(envelope(queue_position=1)), interrupt)
+    with api.client() as easel, pytest.raises(KeyboardInterrupt):
+        easel.get("t1").wait(progress=out)
+    assert out.getvalue().endswith("\n")  # tqdm's close() ends the bar's line
 
 
 @pytest.fixture(autouse=True)

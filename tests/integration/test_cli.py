@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from easel_client import Client
 from PIL import Image
 
-from client import Client
 from easel.stack import free_port
 from tests.conftest import API_KEY, data_uri, png_bytes
 from tests.integration.test_sdk import start_blocker

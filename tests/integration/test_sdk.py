@@ -1,15 +1,19 @@
-"""The Python SDK against the real stack: upload, progress bar, download, cancel, errors."""
+"""The Python SDK against the real stack: upload, progress bar, download, cancel, errors, the
+long poll and the async client. test_sdk_wheel.py runs it again as a user installs it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from easel_client import AsyncClient, BadRequest, Client, NotFound, Task, TaskCanceled, Unauthorized
 from PIL import Image
 
-from client import BadRequest, Client, NotFound, Task, TaskCanceled, Unauthorized
 from tests.conftest import API_KEY, data_uri, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -99,3 +103,41 @@ def test_a_bad_strength_is_a_bad_request_naming_the_field(easel: Client) -> None
         easel.image_to_image(png_bytes(64, 64), "x", strength=1.5)
     assert raised.value.message.startswith("strength:")
     assert [e["field"] for e in raised.value.error_data["errors"]] == ["strength"]
+
+
+def test_wait_is_long_polls_that_answer_when_the_job_ends(api_url: str) -> None:
+    polls: list[str] = []
+
+    class Recording(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if "wait" in request.url.params:
+                polls.append(request.url.params["wait"])
+            return super().handle_request(request)
+
+    with Client(api_url, API_KEY, transport=Recording()) as easel:
+        task = easel.image_to_image(png_bytes(64, 64), "at once")
+        started = time.monotonic()
+        task.wait(timeout=90)
+        waited = time.monotonic() - started
+    assert task.status == "SUCCESS"
+    # Each poll is held up to 10 s and answered when the job ends, so a few polls at most:
+    # polling without ?wait= would need one every second or so.
+    assert polls and set(polls) == {"10.0"}
+    assert len(polls) <= 1 + waited / 9, (polls, waited)
+
+
+def test_the_async_client_runs_jobs_side_by_side(api_url: str, tmp_path: Path) -> None:
+    async def two_jobs() -> list[list[Path]]:
+        async with AsyncClient(api_url, API_KEY) as easel:
+            tasks = await asyncio.gather(
+                *(easel.image_to_image(png_bytes(128, 64), "side by side", seed=s) for s in (1, 2))
+            )
+            await asyncio.gather(*(task.wait(timeout=90) for task in tasks))
+            assert [task.seeds for task in tasks] == [[1], [2]]
+            return [await task.images(tmp_path) for task in tasks]
+
+    saved = asyncio.run(two_jobs())
+    assert [len(paths) for paths in saved] == [1, 1]
+    for paths in saved:
+        with Image.open(paths[0]) as image:
+            assert image.size == (128, 64)

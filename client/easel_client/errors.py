@@ -10,10 +10,10 @@ EaselError
 │   ├── PayloadTooLarge           413: the body is over the server's limit
 │   ├── RateLimited               429: still limited after ``max_retries`` retries
 │   └── Unavailable               503: Redis down, or no live worker for the GPU class
-├── TaskError                     ``Task.wait()`` saw the job end badly
+├── TaskError                     ``wait()`` saw the job end badly
 │   ├── TaskFailed                it ended FAILED
 │   └── TaskCanceled              it ended CANCELED
-└── WaitTimeout                   ``Task.wait(timeout=...)`` ran out first
+└── WaitTimeout                   ``wait(timeout=...)`` ran out first
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from client._task import Task
+    from easel_client._task import BaseTask
 
 
 class EaselError(Exception):
@@ -84,7 +84,7 @@ class Unavailable(APIError):
 class TaskError(EaselError):
     """A job ended without images; ``task`` holds its final envelope."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: BaseTask) -> None:
         super().__init__(f"task {task.id} ended {task.status}: {task.error or 'no reason given'}")
         self.task = task
 
@@ -98,7 +98,7 @@ class TaskCanceled(TaskError):
 
 
 class WaitTimeout(EaselError):
-    """``Task.wait`` gave up before the job ended; the job itself goes on."""
+    """``wait`` gave up before the job ended; the job itself goes on."""
 
 
 ERRORS_BY_STATUS: dict[int, type[APIError]] = {
