@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     dev.add_argument("--port", type=int, default=8000)
 
     add_job_commands(commands)  # submit, status, cancel
-    add_key_commands(commands)  # keys create, list, revoke
+    add_key_commands(commands)  # keys create, list, webhook-secret, revoke
 
     args = parser.parse_args(argv)
     if args.command == "api":

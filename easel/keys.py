@@ -1,10 +1,15 @@
-"""``easel keys create|list|revoke``: manage API keys in the Redis that ``EASEL_*`` names.
+"""``easel keys create|list|revoke|webhook-secret``: manage API keys in the Redis that
+``EASEL_*`` names.
 
 ``create`` prints the new key on stdout, alone, exactly once: Easel keeps only a keyed
-hash of it, so it cannot be shown again. Its id, which ``list`` and ``revoke`` use, goes
-to stderr with the rest of the note. Rates use Flask-Limiter's syntax (``60/minute``,
-``5/second;1000/day``); both limits default to ``EASEL_DEFAULT_RATE_LIMIT`` and
-``EASEL_DEFAULT_MAX_INFLIGHT`` as they are when the key is created.
+hash of it, so it cannot be shown again. Its id, which the other commands use, goes to
+stderr with the rest of the note, and so does the key's webhook signing secret (``whsec_``).
+That one Easel can derive again (the deliverer must, to sign): ``webhook-secret ID`` prints
+it on stdout, and ``webhook-secret --rotate ID`` replaces it first.
+
+Rates use Flask-Limiter's syntax (``60/minute``, ``5/second;1000/day``); both limits default
+to ``EASEL_DEFAULT_RATE_LIMIT`` and ``EASEL_DEFAULT_MAX_INFLIGHT`` as they are when the key
+is created.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ if TYPE_CHECKING:  # imported when a keys command runs, so `easel worker` needs 
 
 def add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys`` and its subcommands to the ``easel`` parser."""
-    keys = commands.add_parser("keys", help="create, list or revoke API keys")
+    keys = commands.add_parser("keys", help="create, list or revoke API keys; webhook secrets")
     actions = keys.add_subparsers(dest="keys_command", required=True)
     create = actions.add_parser("create", help="make a key and print it, once")
     create.add_argument("--name", required=True, help="who or what the key is for")
@@ -31,28 +36,38 @@ def add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = actions.add_parser("revoke", help="refuse a key from its next request on")
     revoke.add_argument("id", help="the key id that `easel keys list` shows")
+    secret = actions.add_parser("webhook-secret", help="print the secret a key's webhooks use")
+    secret.add_argument("--rotate", action="store_true", help="replace it first; the old one "
+                        "stops verifying from the next delivery on")  # fmt: skip
+    secret.add_argument("id", help="the key id that `easel keys list` shows")
 
 
 def run_key_command(args: argparse.Namespace) -> int:
     """Run one ``easel keys`` subcommand; the exit status."""
     from shared.jobs import connect_redis
-    from shared.keys import KeyStore, NoKeySecret, UnknownKeyId
+    from shared.keys import BOOTSTRAP_ID, KeyStore, NoKeySecret, UnknownKeyId
     from shared.settings import Settings
 
     settings = Settings()
     store = KeyStore(connect_redis(settings), settings)
-    if args.keys_command == "create":
-        try:
-            return create(store, settings, args.name, args.rate, args.max_inflight)
-        except NoKeySecret as exc:
-            print(f"easel keys create: {exc}", file=sys.stderr)
-            return 2
-    if args.keys_command == "list":
-        return show(store.all_keys(), as_json=args.json)
     try:
+        if args.keys_command == "create":
+            return create(store, settings, args.name, args.rate, args.max_inflight)
+        if args.keys_command == "list":
+            return show(store.all_keys(), as_json=args.json)
+        if args.keys_command == "webhook-secret":
+            return webhook_secret(store, args.id, args.rotate)
+        if args.id == BOOTSTRAP_ID:
+            raise UnknownKeyId(
+                "the bootstrap key is EASEL_BOOTSTRAP_API_KEY, not a stored key: to revoke it, "
+                "unset that variable (or give it a new value) and restart the API"
+            )
         record = store.revoke(args.id)
+    except NoKeySecret as exc:
+        print(f"easel keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 2
     except UnknownKeyId as exc:
-        print(f"easel keys revoke: {exc.args[0]}", file=sys.stderr)
+        print(f"easel keys {args.keys_command}: {exc.args[0]}", file=sys.stderr)
         return 1
     print(f"revoked {record.id} ({record.name}) at {stamp(record.revoked_at)}")
     return 0
@@ -78,9 +93,28 @@ def create(
     print(
         f"created key {record.id} ({record.name}, {record.rate}, "
         f"at most {record.max_inflight} in flight). This is the only time it is shown: "
-        "store it now.",
+        "store it now.\n"
+        f"Its webhooks are signed with {store.webhook_secret(record)} (give it to the key's "
+        f"owner; `easel keys webhook-secret {record.id}` shows it again).",
         file=sys.stderr,
     )
+    return 0
+
+
+def webhook_secret(store: KeyStore, key_id: str, rotate: bool) -> int:
+    """Print a key's webhook secret on stdout, replaced first if ``rotate``."""
+    from shared.keys import BOOTSTRAP_ID, UnknownKeyId
+
+    if key_id == BOOTSTRAP_ID:
+        raise UnknownKeyId("the bootstrap key's webhook secret is EASEL_WEBHOOK_SECRET")
+    if rotate:
+        secret, record = store.rotate_webhook_secret(key_id)
+        note = "its old secret no longer verifies: deliveries from now on, retries too, use this"
+    else:
+        record = store.get(key_id)
+        secret, note = store.webhook_secret(record), "its webhooks are signed with this"
+    print(secret)
+    print(f"key {record.id} ({record.name}): {note}", file=sys.stderr)
     return 0
 
 
@@ -88,7 +122,7 @@ def show(records: list[KeyRecord], as_json: bool) -> int:
     """Print keys as a table, or as JSON lines; never the keys themselves (Easel lacks them)."""
     if as_json:
         for record in records:
-            print(record.model_dump_json(exclude={"key_hash"}))
+            print(record.model_dump_json(exclude={"key_hash", "webhook_nonce"}))
         return 0
     rows = [("ID", "NAME", "RATE", "MAX-INFLIGHT", "CREATED", "REVOKED")]
     rows += [

@@ -20,6 +20,8 @@ Keys (all under ``easel:``):
                        per-key input quota; the images themselves are in S3 (inputs/<id>)
     inflight:<owner>   an owner's unfinished task ids: the in-flight cap (shared/keys.py)
     workers:<queue>    sorted set of live worker names, scored by their last heartbeat
+    waits:<owner>      an owner's requests waiting for jobs, by when each wait ends (api/waits.py)
+    webhookpending:<owner> an owner's webhook deliveries waiting for a retry (worker/webhooks.py)
 
 Channel ``easel:done``: ``finish`` publishes the id of every job that ends; the API's
 waiters listen there (api/waits.py).

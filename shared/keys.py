@@ -4,6 +4,13 @@ A key is ``esl_`` plus 43 URL-safe characters, shown once when it is created. Re
 only HMAC-SHA256(``EASEL_KEY_HASH_SECRET``, key): a leaked dump cannot be replayed, and
 without the secret it cannot even be brute-forced offline.
 
+Each key signs its own webhooks with a Standard Webhooks secret, ``whsec_`` plus base64 of
+32 bytes: HMAC-SHA256(``EASEL_KEY_HASH_SECRET``, the key's id and a random nonce). Redis
+holds only the nonce, so a leaked dump cannot forge deliveries either, and the webhook
+process, which has the server secret, derives the secret in clear to sign. Rotating draws
+a new nonce. A key made before webhook secrets has no nonce; its secret is derived from
+its id alone, the same every time, so it exists from its first use without a write.
+
 Keys (all under ``easel:``, spelled by ``shared.jobs.key``):
     apikey:<hash>      the KeyRecord as JSON, found by the hash of the key a request sends
     apikeyid:<id>      the hash of key <id>, for revoking by id
@@ -15,22 +22,26 @@ Keys (all under ``easel:``, spelled by ``shared.jobs.key``):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import cast
 
 import redis
-from limits import parse_many
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from redis.client import Pipeline
 
 from shared.jobs import _run, key
 from shared.settings import Settings
 
 KEY_PREFIX = "esl_"
 BOOTSTRAP_ID = "bootstrap"
+STORED = {"stored": True}  # validation context of records read back from Redis
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 # Atomically: forget entries older than the job TTL, refuse past the cap, else add.
 ADMIT = """
@@ -63,14 +74,26 @@ class KeyRecord(BaseModel):
     created_at: float
     revoked_at: float | None = None
     key_hash: str = ""  # hex HMAC-SHA256 of the key; empty for the bootstrap key
+    webhook_nonce: str = ""  # what its webhook secret derives from; empty for old keys
 
     @field_validator("rate")
     @classmethod
-    def _rate_parses(cls, value: str) -> str:
-        """Refuse a rate Flask-Limiter could not read (it would silently skip it)."""
+    def _rate_parses(cls, value: str, info: ValidationInfo) -> str:
+        """Refuse a rate Flask-Limiter could not read (it would silently skip it). A stored
+        record was checked when it was made: reading it needs no ``limits``, which the
+        webhook deliverer's image lacks."""
+        if info.context == STORED:
+            return value
+        from limits import parse_many
+
         if not parse_many(value):
             raise ValueError(f"no rate in {value!r}")
         return value
+
+    @classmethod
+    def stored(cls, raw: bytes | str) -> KeyRecord:
+        """A record as Redis holds it."""
+        return cls.model_validate_json(raw, context=STORED)
 
     @property
     def revoked(self) -> bool:
@@ -81,6 +104,11 @@ class KeyRecord(BaseModel):
 def new_key() -> str:
     """A fresh secret API key."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_nonce() -> str:
+    """A fresh random part for a key's webhook secret."""
+    return secrets.token_hex(32)
 
 
 class KeyStore:
@@ -103,7 +131,7 @@ class KeyStore:
         digest = self.hash(api_key)
         record = KeyRecord(
             id=key_id, name=name, owner=key_id, rate=rate, max_inflight=max_inflight,
-            created_at=time.time(), key_hash=digest,
+            created_at=time.time(), key_hash=digest, webhook_nonce=new_nonce(),
         )  # fmt: skip
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(key("apikey", digest), record.model_dump_json())
@@ -120,7 +148,7 @@ class KeyStore:
         raw = _run(partial(self.redis.get, key("apikey", digest)))
         if raw is None:
             return None
-        record = KeyRecord.model_validate_json(raw)
+        record = KeyRecord.stored(raw)
         # Found by its hash already; compare anyway, in constant time, so that a record
         # filed under the wrong index entry can never authenticate.
         if not hmac.compare_digest(record.key_hash.encode(), digest.encode()):
@@ -135,7 +163,7 @@ class KeyStore:
         )
         if raw is None:
             raise UnknownKeyId(f"no API key with id {key_id!r}")
-        return KeyRecord.model_validate_json(raw)
+        return KeyRecord.stored(raw)
 
     def all_keys(self) -> list[KeyRecord]:
         """Every key, oldest first (never the keys themselves: Easel does not have them)."""
@@ -144,11 +172,51 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> KeyRecord:
         """Refuse a key from now on; revoking twice keeps the first time."""
-        record = self.get(key_id)
-        if record.revoked_at is None:
-            record.revoked_at = time.time()
-            _run(partial(self.redis.set, key("apikey", record.key_hash), record.model_dump_json()))
-        return record
+
+        def revoked(record: KeyRecord) -> None:
+            if record.revoked_at is None:
+                record.revoked_at = time.time()
+
+        return self._update(key_id, revoked)
+
+    def webhook_secret(self, record: KeyRecord) -> str:
+        """The ``whsec_`` secret that signs this key's webhooks (see the module docstring)."""
+        if self._secret is None:
+            raise NoKeySecret("EASEL_KEY_HASH_SECRET is unset: key webhook secrets derive from it")
+        message = f"easel-webhook-secret:{record.id}:{record.webhook_nonce}".encode()
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return WEBHOOK_SECRET_PREFIX + base64.b64encode(digest).decode()
+
+    def rotate_webhook_secret(self, key_id: str) -> tuple[str, KeyRecord]:
+        """Replace a key's webhook secret; deliveries from now on, retries included, use it."""
+
+        def renewed(record: KeyRecord) -> None:
+            record.webhook_nonce = new_nonce()
+
+        record = self._update(key_id, renewed)
+        return self.webhook_secret(record), record
+
+    def _update(self, key_id: str, change: Callable[[KeyRecord], None]) -> KeyRecord:
+        """Apply ``change`` to a key's record atomically (WATCH), so that a revoke and a
+        rotation at the same moment both stick."""
+        digest = _run(partial(self.redis.get, key("apikeyid", key_id)))
+        if digest is None:
+            raise UnknownKeyId(f"no API key with id {key_id!r}")
+        name = key("apikey", _text(digest))
+        updated: list[KeyRecord] = []
+
+        def apply(pipe: Pipeline) -> None:
+            raw = pipe.get(name)
+            if raw is None:
+                raise UnknownKeyId(f"no API key with id {key_id!r}")
+            record = KeyRecord.stored(raw)
+            change(record)
+            pipe.multi()
+            pipe.set(name, record.model_dump_json())
+            updated[:] = [record]
+
+        _run(partial(self.redis.transaction, apply, name))
+        return updated[0]
 
 
 class InflightCap:

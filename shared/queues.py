@@ -36,6 +36,12 @@ def generate_reprs(task_id: str, app_id: str) -> dict[str, str]:
     return {"argsrepr": f"({task_id!r}, <{app_id} params>)", "kwargsrepr": "{}"}
 
 
+def webhook_reprs(msg_id: str, event: str) -> dict[str, str]:
+    """What Flower and Celery's logs show of a webhook delivery's arguments: its message id
+    and event, never the receiver's URL or the payload (presigned URLs, the prompt)."""
+    return {"argsrepr": f"(<url>, {msg_id!r}, <payload>, {event!r})", "kwargsrepr": "{}"}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for producers and workers alike."""
     transport = {

@@ -3,14 +3,19 @@ printed once and works; listing never shows it; revoking refuses it on the next 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import secrets
+from typing import cast
 
 import pytest
 
 from api import create_app
 from easel.cli import main
+from shared.jobs import connect_redis
+from shared.keys import KeyStore
 from tests.conftest import settings_from
 
 
@@ -89,3 +94,50 @@ def test_defaults_come_from_settings(
     assert status == 0
     rate, cap = stack_env["EASEL_DEFAULT_RATE_LIMIT"], stack_env["EASEL_DEFAULT_MAX_INFLIGHT"]
     assert f"(defaults, {rate}, at most {cap} in flight)" in err
+
+
+def whsec_in(text: str) -> str:
+    """The one Standard Webhooks secret in ``text``."""
+    (secret,) = cast(list[str], re.findall(r"whsec_[A-Za-z0-9+/=]+", text))
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    return secret
+
+
+def test_create_tells_the_keys_webhook_secret_which_signs_its_deliveries(
+    capsys: pytest.CaptureFixture[str], stack_env: dict[str, str]
+) -> None:
+    status, out, err = easel(capsys, "keys", "create", "--name", "hooks")
+    assert status == 0 and "whsec_" not in out  # stdout stays the key alone
+    key_id, secret = err.split()[2], whsec_in(err)
+    status, out, _ = easel(capsys, "keys", "webhook-secret", key_id)
+    assert (status, out) == (0, f"{secret}\n")  # shown again: Easel derives it to sign
+    settings = settings_from(stack_env)
+    store = KeyStore(connect_redis(settings), settings)
+    assert store.webhook_secret(store.get(key_id)) == secret
+    _, out, _ = easel(capsys, "keys", "list", "--json")
+    assert "webhook_nonce" not in out and secret not in out
+
+
+def test_rotate_prints_a_new_secret_and_the_old_one_stops_verifying(
+    capsys: pytest.CaptureFixture[str], stack_env: dict[str, str]
+) -> None:
+    _, _, err = easel(capsys, "keys", "create", "--name", "rotating")
+    key_id, old = err.split()[2], whsec_in(err)
+    status, out, err = easel(capsys, "keys", "webhook-secret", "--rotate", key_id)
+    assert status == 0 and "no longer verifies" in err
+    new = whsec_in(out)
+    assert new != old and out == f"{new}\n"
+    _, shown, _ = easel(capsys, "keys", "webhook-secret", key_id)
+    assert shown == out
+
+
+@pytest.mark.parametrize(("key_id", "says"), [
+    ("no-such-id", "no API key with id 'no-such-id'"),
+    ("bootstrap", "EASEL_WEBHOOK_SECRET"),
+])  # fmt: skip
+def test_webhook_secret_of_an_unknown_or_the_bootstrap_key_exits_1(
+    capsys: pytest.CaptureFixture[str], key_id: str, says: str
+) -> None:
+    for argv in (["webhook-secret", key_id], ["webhook-secret", "--rotate", key_id]):
+        status, out, err = easel(capsys, "keys", *argv)
+        assert (status, out) == (1, "") and says in err

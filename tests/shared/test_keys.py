@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
 from pydantic import ValidationError
+from standardwebhooks import Webhook
 
 from shared.jobs import JobStore, connect_redis, key
 from shared.keys import KEY_PREFIX, InflightCap, KeyRecord, KeyStore, NoKeySecret, UnknownKeyId
@@ -66,7 +69,7 @@ def test_the_hash_depends_on_the_server_secret(
     store: KeyStore, client: redis.Redis, stack_env: dict[str, str]
 ) -> None:
     api_key, _ = store.create("secret", "60/minute", 8)
-    other = KeyStore(client, settings_from(stack_env, key_hash_secret="another-secret-of-24-chars"))
+    other = KeyStore(client, settings_from(stack_env, key_hash_secret="another-" * 4))
     assert other.lookup(api_key) is None
 
 
@@ -176,3 +179,78 @@ def test_job_store_finish_and_discard_release_the_slot(
     jobs.cancel(f"finished-{owner}")  # a queued job canceled: finished at once
     jobs.discard(job_record(f"discarded-{owner}", owner=owner))
     assert cap.count(owner) == 0
+
+
+# --- each key's webhook secret ---------------------------------------------------------
+
+
+def whsec_bytes(secret: str) -> bytes:
+    """The 32 bytes of a Standard Webhooks secret, or an assertion error."""
+    assert secret.startswith("whsec_"), secret
+    raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    assert len(raw) == 32
+    return raw
+
+
+def test_each_key_has_its_own_standard_webhooks_secret(store: KeyStore) -> None:
+    _, first = store.create("hooks-1", "60/minute", 8)
+    _, second = store.create("hooks-2", "60/minute", 8)
+    secrets_ = [store.webhook_secret(r) for r in (first, second)]
+    assert whsec_bytes(secrets_[0]) != whsec_bytes(secrets_[1])
+    assert store.webhook_secret(store.get(first.id)) == secrets_[0]  # stable, read back
+    Webhook(secrets_[0]).sign("msg_1", datetime.now(UTC), "{}")  # the SDK takes it
+
+
+def test_no_webhook_secret_is_stored_only_what_it_derives_from(
+    store: KeyStore, client: redis.Redis
+) -> None:
+    _, record = store.create("hooks-stored", "60/minute", 8)
+    secret = store.webhook_secret(record)
+    everything = every_byte_in(client)
+    assert secret.encode() not in everything
+    assert secret.removeprefix("whsec_").encode() not in everything
+    assert record.webhook_nonce.encode() in everything
+
+
+def test_the_webhook_secret_depends_on_the_server_secret(
+    store: KeyStore, client: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    _, record = store.create("hooks-server", "60/minute", 8)
+    other = KeyStore(
+        client,
+        settings_from(stack_env, key_hash_secret="another-server-secret-of-at-least-32-chars"),
+    )
+    assert other.webhook_secret(record) != store.webhook_secret(record)
+    unset = {k: v for k, v in stack_env.items() if k != "EASEL_KEY_HASH_SECRET"}
+    with pytest.raises(NoKeySecret):
+        KeyStore(client, settings_from(unset)).webhook_secret(record)
+
+
+def test_rotating_replaces_the_secret_and_keeps_the_rest(store: KeyStore) -> None:
+    api_key, record = store.create("hooks-rotate", "60/minute", 8)
+    before = store.webhook_secret(record)
+    store.revoke(record.id)
+    after, rotated = store.rotate_webhook_secret(record.id)
+    assert whsec_bytes(after) != whsec_bytes(before)
+    assert store.webhook_secret(store.get(record.id)) == after
+    found = store.lookup(api_key)
+    assert found is not None and found.revoked and found.webhook_nonce == rotated.webhook_nonce
+    with pytest.raises(UnknownKeyId):
+        store.rotate_webhook_secret("no-such-id")
+
+
+def test_a_key_made_before_webhook_secrets_has_one_from_its_first_use(
+    store: KeyStore, client: redis.Redis
+) -> None:
+    olds = []
+    for name in ("legacy-1", "legacy-2"):
+        _, record = store.create(name, "60/minute", 8)
+        legacy = record.model_dump_json(exclude={"webhook_nonce"})  # as stored before
+        client.set(key("apikey", record.key_hash), legacy)
+        olds.append(store.get(record.id))
+    assert [r.webhook_nonce for r in olds] == ["", ""]
+    first = store.webhook_secret(olds[0])
+    assert first == store.webhook_secret(store.get(olds[0].id))  # no write, the same each time
+    assert whsec_bytes(first) != whsec_bytes(store.webhook_secret(olds[1]))
+    rotated, record = store.rotate_webhook_secret(olds[0].id)
+    assert record.webhook_nonce and rotated != first
