@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+from contextlib import suppress
 
 from flask import g, request
 
@@ -56,6 +58,22 @@ def sent_key() -> str:
     if scheme.lower() == "bearer" and sent.strip():
         return sent.strip()
     return request.headers.get("X-API-Key", "").strip()
+
+
+def client_address() -> str:
+    """The address of the client, as the first proxy in front of the API saw it.
+
+    Each of the ``EASEL_TRUSTED_PROXY_HOPS`` proxies appends the address it was reached from
+    to ``X-Forwarded-For``, so the value that many places from the end is the client's; what
+    the client wrote before it is not trusted. Without the header (or without an address
+    there) it is the socket's peer.
+    """
+    hops = get_services().settings.trusted_proxy_hops
+    forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
+    if hops and len(forwarded) >= hops:
+        with suppress(ValueError):  # not an address: no proxy of ours wrote it
+            return str(ipaddress.ip_address(forwarded[-hops]))
+    return request.remote_addr or "unknown"
 
 
 def bootstrap_key(sent: str, settings: Settings) -> KeyRecord | None:

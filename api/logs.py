@@ -4,6 +4,10 @@ gunicorn's own access log is off (``easel api`` passes no ``--access-logfile``);
 written here replaces it, formatted like every other line (JSON by default,
 shared/logs.py), and carries the task id of requests about one task: the ``<task_id>``
 of ``/tasks/<task_id>`` routes, or the id a submit just made (``bind_task_id``).
+
+The line names the path, never the query string or the body (where image URLs and prompts
+travel); a path is the client's to choose, so the text format escapes its control
+characters (shared/logs.py) and JSON escapes them anyway.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 
 from flask import Flask, Response, g, request
 
+from api.auth import client_address
 from shared.logs import TASK_ID, bind_task_id
 
 log = logging.getLogger("api.access")
@@ -38,6 +43,7 @@ def _log_request(response: Response) -> Response:
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "remote_addr": request.remote_addr,
+            "client_addr": client_address(),  # behind the proxy: what the proxy saw
         },
     )
     return response

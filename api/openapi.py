@@ -18,7 +18,9 @@ import swagger_ui_bundle  # type: ignore[import-untyped]
 from flask import Blueprint, Response, jsonify, render_template, send_from_directory
 from pydantic import BaseModel, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from werkzeug.exceptions import NotFound
 
+from api.playground import browser_page
 from api.tasks import MAX_WAIT_S, GetImageQuery, ListQuery, StatusQuery, TaskQuery
 from shared.models import AppsEnvelope, Envelope, ImageToImageRequest
 
@@ -26,6 +28,10 @@ bp = Blueprint("openapi", __name__, template_folder="templates")
 
 REF = "#/components/schemas/{model}"
 SWAGGER_UI_DIR = Path(swagger_ui_bundle.swagger_ui_path)
+# What templates/docs.html loads, and nothing else: the package's own index.html is a
+# second Swagger UI, with a box that loads any spec URL into this origin, and its
+# oauth2-redirect.html answers OAuth callbacks Easel never makes.
+DOCS_ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
 Schema = dict[str, Any]
 
 
@@ -119,14 +125,16 @@ def openapi_json() -> Response:
 
 
 @bp.get("/docs")
-def docs() -> str:
+def docs() -> Response:
     """Swagger UI over ``/openapi.json``, from local files only."""
-    return render_template("docs.html")
+    return browser_page(render_template("docs.html"))
 
 
 @bp.get("/docs/assets/<path:filename>")
 def docs_asset(filename: str) -> Response:
-    """One file of the bundled Swagger UI."""
+    """One of the Swagger UI files that ``/docs`` loads; any other is a 404."""
+    if filename not in DOCS_ASSETS:
+        raise NotFound(f"no such file: {filename}")
     return send_from_directory(SWAGGER_UI_DIR, filename)
 
 

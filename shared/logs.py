@@ -12,6 +12,13 @@ default) each line is a JSON object::
 plain text with the task id in brackets. The task id comes from a context variable:
 ``task_context(task_id)`` sets it around a job in a worker, and the API sets it for each
 request about one task, so ``grep <task_id>`` follows a job from the API to its worker.
+
+What stays out of the logs: prompts, image URLs, webhook URLs and presigned URLs. Celery's
+task arguments are dropped from its lines (and publishers give every task an ``argsrepr``),
+and httpx and httpcore, which log every request's URL at INFO, log only warnings. In text
+lines, control characters are escaped (``\\n``, ``\\x1b``), so a newline in a request path
+cannot start a forged line: a line that begins in the first column begins a record, and a
+traceback follows on lines indented by two spaces.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ TASK_ID: ContextVar[str | None] = ContextVar("easel_task_id", default=None)
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(task_id)s] %(message)s"
 JSON_FIELDS = "%(levelname)s %(name)s %(message)s %(service)s %(task_id)s"
 JSON_NAMES = {"levelname": "level", "name": "logger"}
+# Libraries that log a URL (with its query: a presigned signature, a webhook's token) on
+# every request at INFO; their warnings still show.
+QUIET_LOGGERS = ("httpx", "httpcore")
+# What str.splitlines() breaks a line at, and the rest of C0 and C1 (a terminal escape can
+# hide or rewrite what a reader sees): every one is written as an escape in text lines.
+CONTROLS = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+ESCAPES = {c: repr(chr(c))[1:-1] for c in CONTROLS}
+TRACEBACK_INDENT = "  "
 
 
 @contextmanager
@@ -90,6 +105,41 @@ class _TimeFirst(JsonFormatter):
         return {"time": log_data.pop("time", None), **log_data}
 
 
+class _OneLineText(logging.Formatter):
+    """Plain text where one record's own text is one line, whatever its arguments hold."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached = record.exc_text
+        if record.exc_info:
+            record.exc_text = None  # another handler's text would skip formatException
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``), but ``keep``."""
+    if keep:
+        return text.translate({c: e for c, e in ESCAPES.items() if chr(c) not in keep})
+    return text.translate(ESCAPES)
+
+
+def _indented(block: str) -> str:
+    """A traceback under its record: escaped but for its newlines, and every line indented,
+    so an exception message cannot write a line that looks like a record of its own."""
+    return "\n".join(TRACEBACK_INDENT + line for line in escape_controls(block, "\n").split("\n"))
+
+
 class _EaselHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler configure_logging installs, told apart so a second call replaces it."""
 
@@ -102,13 +152,15 @@ def configure_logging(settings: Settings, service: str, level: int | str | None 
     if settings.log_json:
         formatter = _TimeFirst(JSON_FIELDS, rename_fields=JSON_NAMES, timestamp="time")
     else:
-        formatter = logging.Formatter(PLAIN_FORMAT)
+        formatter = _OneLineText(PLAIN_FORMAT)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _EaselHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level or logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def route_to_root(logger: logging.Logger | None = None, **_: Any) -> None:

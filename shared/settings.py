@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,11 +19,44 @@ DEFAULT_QUEUES: dict[InferenceType, str] = {
 }
 
 
+MIN_API_KEY_CHARS = 16
+MIN_HASH_SECRET_CHARS = 32
+MIN_WEBHOOK_SECRET_BYTES = 24  # the Standard Webhooks spec: 24 to 64 random bytes
+# Stand-ins that deploy/, docker-compose.yml and the README ship, and one Easel once defaulted to.
+PLACEHOLDERS = {"...", "change-me", "change-me-to-a-long-random-string", "easel-dev-only-change-me"}
+
+
+def _refuse_weak(variable: str, secret: str, min_chars: int) -> None:
+    """ValueError naming ``variable`` if ``secret`` is a shipped placeholder or too short."""
+    lowered = secret.strip().lower()
+    if lowered in PLACEHOLDERS or any(word in lowered for word in ("change-me", "changeme")):
+        raise ValueError(f"{variable} is a placeholder; set it to a random secret")
+    if len(secret) < min_chars:
+        raise ValueError(f"{variable} must be at least {min_chars} characters")
+
+
+def _check_whsec(secret: str) -> None:
+    """ValueError unless ``secret`` is a Standard Webhooks secret: ``whsec_`` + base64."""
+    prefix, _, encoded = secret.partition("_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        key = b""
+    if prefix != "whsec" or len(key) < MIN_WEBHOOK_SECRET_BYTES:
+        raise ValueError(
+            f"EASEL_WEBHOOK_SECRET must be 'whsec_' + base64 of at least "
+            f"{MIN_WEBHOOK_SECRET_BYTES} random bytes (`easel dev` makes one)"
+        )
+
+
 class Settings(BaseSettings):
     """Every knob Easel has; see the README's settings table."""
 
     # An empty variable means "unset" (compose's ${VAR:-} gives one for every optional knob).
-    model_config = SettingsConfigDict(env_prefix="EASEL_", extra="ignore", env_ignore_empty=True)
+    # An error never echoes the value it refuses: it may be a secret, and it goes to the logs.
+    model_config = SettingsConfigDict(
+        env_prefix="EASEL_", extra="ignore", env_ignore_empty=True, hide_input_in_errors=True
+    )
 
     # Redis: the Celery broker, the job records and worker liveness all live here.
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -46,8 +81,14 @@ class Settings(BaseSettings):
     bootstrap_api_key: SecretStr | None = None
     # No default: a secret in the source would be everyone's. Unset, only the bootstrap key
     # works and `easel keys create` refuses; `easel dev` keeps a generated one in .easel/.
-    key_hash_secret: SecretStr | None = Field(default=None, min_length=16)
+    key_hash_secret: SecretStr | None = None
     default_rate_limit: str = "600/minute"  # Flask-Limiter syntax; per key
+    # Failed authentications (401s) one client address may make on keyed routes; past
+    # them it gets 429 on every keyed route, even with a valid key, until the window slides.
+    auth_failure_limit: str = "20/minute"
+    # Proxies in front of the API that append to X-Forwarded-For (the shipped nginx: 1);
+    # the client address is the entry that many from the end. 0: the socket's peer.
+    trusted_proxy_hops: int = Field(default=1, ge=0)
     default_max_inflight: int = Field(default=64, ge=1)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     max_attempts: int = Field(default=3, ge=1)  # a job that loses its worker this often fails
@@ -112,9 +153,42 @@ class Settings(BaseSettings):
     # while it is unset, requests that ask for a webhook are refused with a 400.
     webhook_secret: SecretStr | None = None
     webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_retry_for_s: float = Field(default=3 * 3600, ge=3600)
+    # How long `completed` is retried, from its first attempt. The floor is low for tests;
+    # under an hour, a receiver's ordinary outage can outlast it.
+    webhook_retry_for_s: float = Field(default=3 * 3600, ge=1)
+    webhook_backoff_base_s: float = Field(default=1.0, gt=0)  # retry n waits base * 2**n,
+    webhook_backoff_cap_s: float = Field(default=600.0, gt=0)  # at most this
+    # A host that fails this many deliveries in a row gets none for the cool-down.
+    webhook_host_failures: int = Field(default=5, ge=1)
+    webhook_host_cooldown_s: float = Field(default=30.0, gt=0)
+    # One key's deliveries waiting for a retry; past it `start` drops, `completed` waits longer.
+    webhook_max_pending_per_key: int = Field(default=1000, ge=1)
     webhook_progress_interval_s: float = Field(default=1.0, ge=0)
     webhook_queue: str = "easel.webhooks"
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _bootstrap_key_is_real(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a placeholder or a short EASEL_BOOTSTRAP_API_KEY at start."""
+        if value is not None:
+            _refuse_weak("EASEL_BOOTSTRAP_API_KEY", value.get_secret_value(), MIN_API_KEY_CHARS)
+        return value
+
+    @field_validator("key_hash_secret")
+    @classmethod
+    def _key_hash_secret_is_real(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a placeholder or a short EASEL_KEY_HASH_SECRET at start."""
+        if value is not None:
+            _refuse_weak("EASEL_KEY_HASH_SECRET", value.get_secret_value(), MIN_HASH_SECRET_CHARS)
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_is_whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse an EASEL_WEBHOOK_SECRET that is not ``whsec_`` + base64 of 24+ bytes."""
+        if value is not None:
+            _check_whsec(value.get_secret_value())
+        return value
 
     @field_validator("queues")
     @classmethod

@@ -72,12 +72,15 @@ def stack_env(redis_server: Server, s3_server: Server, state_dir: Path) -> dict[
         "EASEL_WARM_MODELS": '["tiny-sd"]',
         "EASEL_TORCH_THREADS": "1",
         "EASEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "EASEL_KEY_HASH_SECRET": "easel-test-key-hash-secret",
+        "EASEL_KEY_HASH_SECRET": "easel-test-key-hash-secret-longer-than-32-chars",
         # Test images and webhook receivers are served on loopback.
         "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1",
         # Tests poll fast and share the bootstrap key: the limits are tested with keys of
         # their own (tests/api/test_keys_and_limits.py, tests/integration/test_tenants.py).
         "EASEL_DEFAULT_RATE_LIMIT": "100000/minute",
+        # Tests send bad keys from 127.0.0.1 on purpose; the limit on failed logins is
+        # tested with addresses and limits of its own (tests/api/test_auth.py).
+        "EASEL_AUTH_FAILURE_LIMIT": "100000/minute",
         "EASEL_DEFAULT_MAX_INFLIGHT": "10000",
     }
     storage = Storage(settings_from(env))
@@ -208,7 +211,7 @@ def workers(stack_env: dict[str, str], stack_settings: Settings, logs_dir: Path)
         ensure_tiny_model(name, stack_settings.model_dir)
     processes = [
         spawn(
-            ["worker", "--gpu", gpu.value, "--loglevel", "warning"],
+            ["worker", "--gpu", gpu.value, "--loglevel", "info"],  # the log test reads INFO
             stack_env,
             logs_dir / f"worker-{gpu}.log",
         )

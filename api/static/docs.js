@@ -6,6 +6,7 @@
   window.ui = SwaggerUIBundle({
     spec,
     dom_id: "#swagger-ui",
+    validatorUrl: null, // no badge from validator.swagger.io: the page loads only from here
     deepLinking: true,
     persistAuthorization: true,
     presets: [SwaggerUIBundle.presets.apis],

@@ -1,4 +1,8 @@
-"""The playground page in headless Debian Chromium, against the live stack."""
+"""The playground page in headless Debian Chromium, against the live stack.
+
+Both pages run under their Content-Security-Policy: every test records what the browser
+reports it blocked, and fails on anything.
+"""
 
 from __future__ import annotations
 
@@ -41,9 +45,23 @@ FLAGS = [
 ]
 
 
+# Runs in every document before the page's own scripts (CDP's injection is exempt from CSP).
+RECORD_CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.cspViolations.push(
+  `${e.effectiveDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`));
+"""
+
+
+def csp_violations(driver: webdriver.Chrome) -> list[str]:
+    """What the current page's policy blocked so far."""
+    return list(driver.execute_script("return window.cspViolations || []"))
+
+
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """Debian's Chromium through Debian's chromedriver; nothing is downloaded."""
+    """Debian's Chromium through Debian's chromedriver; nothing is downloaded. A test fails
+    at teardown if the page's policy blocked anything."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.fail("install Debian's chromium and chromium-driver (the Makefile does)")
     options = webdriver.ChromeOptions()
@@ -52,8 +70,12 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         options.add_argument(flag)
     # An explicit driver path: selenium-manager never runs.
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CSP_VIOLATIONS}
+    )
     try:
         yield driver
+        assert csp_violations(driver) == []
     finally:
         driver.quit()
         shutil.rmtree(tmp_path / "profile", ignore_errors=True)
@@ -146,6 +168,20 @@ def test_docs_render_every_operation_from_local_files(
     documented = sum(len(item) for item in spec["paths"].values())
     assert len(operations) == documented  # every operation of the document is on the page
     assert "Unable to render" not in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_the_policy_blocks_an_injected_inline_script(
+    browser: webdriver.Chrome, api_url: str
+) -> None:
+    for page in ("/", "/docs"):
+        browser.get(f"{api_url}{page}")
+        injected = "const s = document.createElement('script');"
+        injected += "s.textContent = 'window.ran = true'; document.body.append(s);"
+        browser.execute_script(injected)
+        wait(browser).until(csp_violations)
+        assert browser.execute_script("return window.ran") is None
+        assert csp_violations(browser)[0].startswith("script-src-elem blocked inline")
+        browser.execute_script("window.cspViolations.length = 0")  # this one was expected
 
 
 def test_playground_submits_a_pasted_image_url(browser: webdriver.Chrome, api_url: str) -> None:
@@ -259,12 +295,15 @@ def job_view(driver: webdriver.Chrome) -> list[dict[str, Any]]:
 def test_playground_shows_the_queue_position_then_the_progress_bar_moving(
     browser: webdriver.Chrome, api_url: str, client: httpx.Client, tmp_path: Path
 ) -> None:
-    # 768 px at strength 1 takes seconds on one CPU thread: ten steps, several page polls.
+    # 768 px at strength 1, batch 3, takes seconds on one CPU thread even on a quiet host:
+    # ten steps over several of the page's one-second polls (batch 1 was too quick to
+    # catch a step in between when the host was idle).
     photo = tmp_path / "photo.png"
     photo.write_bytes(png_bytes(768, 768))
     open_playground(browser, api_url)
     Select(browser.find_element(By.ID, "inference_type")).select_by_value("a100")
     set_field(browser, "strength", "1")
+    set_field(browser, "batch", "3")
     browser.find_element(By.ID, "image-file").send_keys(str(photo))
     browser.execute_script(RECORD_JOB_VIEW)
     slow = {"image": data_uri(photo.read_bytes()), "strength": 1.0, "celery": True}

@@ -1,4 +1,5 @@
-"""Log lines are one JSON object each, stamped with the task id of the job they concern."""
+"""Log lines are one JSON object each, stamped with the task id of the job they concern; in
+text, a record's own text is one line whatever it holds; no URL comes from httpx."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from shared.logs import configure_logging, route_to_root, task_context
+from shared.queues import webhook_reprs
 from shared.settings import Settings
 
 Lines = Callable[[], list[str]]
@@ -100,3 +102,53 @@ def test_configuring_twice_keeps_one_handler_and_log_json_off_is_plain_text(
         logging.getLogger("api.test").warning("kept")
     (line,) = lines()
     assert line.endswith("WARNING api.test [plain-id] kept")
+
+
+def test_httpx_and_httpcore_log_only_warnings(lines: Lines) -> None:
+    """They log every request's URL at INFO: presigned signatures, webhook tokens."""
+    configure_logging(Settings(log_json=True), "worker")
+    for name in ("httpx", "httpcore.connection"):
+        logging.getLogger(name).info("HTTP Request: GET https://s3/x?X-Amz-Signature=abc")
+    logging.getLogger("httpx").warning("kept")
+    assert [line["message"] for line in parsed(lines)] == ["kept"]
+
+
+FORGED = "2026-01-01 00:00:00,000 INFO api.access [None] GET /admin 200"
+
+
+def test_a_newline_in_a_request_path_cannot_forge_a_text_line(lines: Lines) -> None:
+    configure_logging(Settings(log_json=False), "api")
+    path = f"/tasks/x\r\n{FORGED}\x1b[2K\x7f\u2028\x85\t"
+    logging.getLogger("api.access").info("%s %s %s", "GET", path, 404)
+    (line,) = lines()
+    assert line.endswith(
+        f"INFO api.access [None] GET /tasks/x\\r\\n{FORGED}\\x1b[2K\\x7f\\u2028\\x85\\t 404"
+    )
+
+
+def test_a_text_traceback_is_indented_so_its_message_cannot_forge_a_line(lines: Lines) -> None:
+    configure_logging(Settings(log_json=False), "worker")
+    try:
+        raise ValueError(f"bad\n{FORGED}\x1b]0;title\x07")
+    except ValueError:
+        logging.getLogger("worker.runner").exception("job failed\nnot a new line")
+    first, *traceback = lines()
+    assert first.endswith("ERROR worker.runner [None] job failed\\nnot a new line")
+    assert traceback[0] == "  Traceback (most recent call last):"
+    assert all(line.startswith("  ") for line in traceback), traceback
+    assert traceback[-2:] == ["  ValueError: bad", f"  {FORGED}\\x1b]0;title\\x07"]
+
+
+def test_json_lines_hold_control_characters_escaped(lines: Lines) -> None:
+    configure_logging(Settings(log_json=True), "api")
+    logging.getLogger("api.access").info("GET %s 404", f"/x\n{FORGED}")
+    (line,) = parsed(lines)
+    assert line["message"] == f"GET /x\n{FORGED} 404"
+
+
+def test_celery_shows_a_webhook_delivery_without_its_url_or_payload() -> None:
+    shown = webhook_reprs("msg_t1_completed", "completed")
+    assert shown == {
+        "argsrepr": "(<url>, 'msg_t1_completed', <payload>, 'completed')",
+        "kwargsrepr": "{}",
+    }

@@ -19,7 +19,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in banned)))
 LIGHT = {
     "webhooks": "from worker.webhooks import create_webhook_celery\n"
     "from shared.settings import Settings\n"
-    "create_webhook_celery(Settings(webhook_secret='whsec_MDEyMzQ1Njc4OWFiY2RlZg=='))",
+    "create_webhook_celery(Settings(webhook_secret='whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3'))",
     "ready probe": "import worker.ready",
     "reaper": "import worker.reaper",
     # A loadtest job's own path, with the worker's modules loaded: the BENCHMARK backend
