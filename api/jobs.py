@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
 from api.metrics import count_job
-from api.services import BROKER_DOWN, Services
+from api.services import Services
 from shared.errors import (
     BackendUnavailable,
     InvalidRequest,
@@ -25,7 +25,7 @@ from shared.keys import InflightCap
 from shared.logs import bind_task_id
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
-from shared.queues import GENERATE_TASK, generate_options, generate_reprs
+from shared.queues import BROKER_DOWN, publish_job
 from shared.registry import ModelSpec
 from shared.storage import Storage
 
@@ -184,16 +184,7 @@ def submit(
         forget(services, record, image is not None)
         raise
     try:
-        services.celery.send_task(
-            GENERATE_TASK,
-            args=[record.task_id, params.model_dump(mode="json")],
-            queue=queue,
-            task_id=record.task_id,
-            **generate_options(
-                services.settings, services.registry.get(request.app_id).time_limit_s
-            ),
-            **generate_reprs(record.task_id, params.app_id),
-        )
+        publish_job(services.celery.send_task, services.settings, record, spec.time_limit_s)
     except BROKER_DOWN as exc:
         forget(services, record, image is not None)  # if Redis is down too: the reaper
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc

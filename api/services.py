@@ -7,20 +7,15 @@ from dataclasses import dataclass
 
 from celery import Celery
 from flask import Flask, current_app
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
 
 from api.waits import CompletionHub, WaitCap
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.netguard import UrlPolicy, policy_from
-from shared.queues import celery_config
+from shared.queues import BROKER_DOWN, celery_config
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
-
-# What publishing a Celery message raises while the broker is unreachable.
-BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
 @dataclass

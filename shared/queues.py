@@ -1,16 +1,43 @@
-"""Celery's side of the contract: the task name and the configuration both ends share.
+"""Celery's side of the contract: the task name, the configuration both ends share, and
+the one function that publishes a job.
 
-Plain data only, so ``shared`` needs no Celery import; api/ and worker/ each build
-their own Celery app from ``celery_config``.
+No Celery import, so ``shared`` stays free of the framework: api/ and worker/ each build
+their own Celery app from ``celery_config`` and pass its ``send_task`` to ``publish_job``.
+A message carries the task id only: the worker reads everything else from the job record,
+the source of truth (Celery's own guidance: pass ids, not state).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from shared.models import JobRecord
 from shared.settings import Settings
 
 GENERATE_TASK = "easel.generate"
+# What publishing a Celery message raises while the broker is unreachable.
+BROKER_DOWN = (OperationalError, RedisError, OSError)
+
+
+def publish_job(
+    send_task: Callable[..., Any],
+    settings: Settings,
+    record: JobRecord,
+    time_limit_s: int | None = None,
+) -> None:
+    """Put a recorded job on its GPU class's queue: the API's submit and the reaper's
+    requeue both come here. Raises one of ``BROKER_DOWN`` while the broker is away."""
+    send_task(
+        GENERATE_TASK,
+        args=[record.task_id],
+        queue=record.queue,
+        task_id=record.task_id,
+        **generate_options(settings, time_limit_s),
+    )
 
 
 def visibility_timeout_s(settings: Settings) -> int:
@@ -28,12 +55,6 @@ def generate_options(settings: Settings, model_limit_s: int | None = None) -> di
         return {"soft_time_limit": model_limit_s, "time_limit": model_limit_s + 60}
     soft = settings.job_soft_time_limit_s
     return {"soft_time_limit": soft, "time_limit": max(settings.job_hard_time_limit_s, soft + 1)}
-
-
-def generate_reprs(task_id: str, app_id: str) -> dict[str, str]:
-    """What Flower and Celery's logs show of a generate task's arguments: never the prompt
-    (and no repr of the whole request built on every publish)."""
-    return {"argsrepr": f"({task_id!r}, <{app_id} params>)", "kwargsrepr": "{}"}
 
 
 def webhook_reprs(msg_id: str, event: str) -> dict[str, str]:

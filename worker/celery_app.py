@@ -12,11 +12,10 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from shared.errors import BackendUnavailable
-from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.jobs import JobStore, connect_redis
 from shared.logs import configure_logging, task_context
-from shared.models import GenerationParams
 from shared.netguard import GuardedHttp, policy_from
-from shared.queues import GENERATE_TASK, celery_config
+from shared.queues import BROKER_DOWN, GENERATE_TASK, celery_config
 from shared.registry import load_registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -28,8 +27,6 @@ from worker.runner import WorkerContext, run_job
 from worker.safety import checker_source
 
 log = logging.getLogger(__name__)
-# What publishing a Celery message raises while the broker is unreachable.
-BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
 class WorkerProcess:
@@ -72,15 +69,10 @@ class WorkerProcess:
     def stop(self) -> None:
         """Stop beating and leave the live set."""
         self._stop.set()
-        liveness = WorkerLiveness(self.ctx.jobs.redis, self.settings.worker_stale_after_s)
         try:
-            liveness.leave(self.queue, self.ctx.name)
+            self.ctx.liveness.leave(self.ctx.queue, self.ctx.name)
         except RedisError:
             log.warning("could not leave the live set; the entry expires by itself")
-
-    @property
-    def queue(self) -> str:
-        return self.settings.queue_for(self.settings.worker_gpu)
 
     def _warm_then_beat(self) -> None:
         ctx = self.ctx
@@ -103,7 +95,6 @@ class WorkerProcess:
             self.warmed.set()
             return
         self.warmed.set()
-        liveness = WorkerLiveness(ctx.jobs.redis, self.settings.worker_stale_after_s)
         reaper = Reaper(
             ctx.jobs,
             self.settings,
@@ -112,7 +103,7 @@ class WorkerProcess:
         )
         while True:
             try:
-                liveness.beat(self.queue, ctx.name)
+                ctx.liveness.beat(ctx.queue, ctx.name)
                 reaper.maybe_sweep()
             except (RedisError, BackendUnavailable, OperationalError):
                 log.warning("heartbeat or reaper sweep failed; retrying")
@@ -127,11 +118,13 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app.config_from_object(celery_config(settings))
     process = WorkerProcess(settings, app)
 
-    def generate(task_id: str, params: dict[str, Any]) -> None:
-        """Run one image-to-image job; the record in Redis carries its result."""
+    def generate(task_id: str, *_earlier: Any) -> None:
+        """Run one image-to-image job, reading its parameters from its record; the record
+        carries the result too. (Messages published before the id-only change also carried
+        the parameters; they are ignored.)"""
         process.warmed.wait()
         with task_context(task_id), job_in_flight(process.ctx.name):
-            run_job(process.ctx, task_id, GenerationParams.model_validate(params))
+            run_job(process.ctx, task_id)
 
     def remember_nodename(sender: Any = None, **_: Any) -> None:
         process.nodename = getattr(sender, "hostname", None) or process.nodename

@@ -27,7 +27,7 @@ from typing import Any
 from shared.errors import UnknownTask
 from shared.jobs import JobStore, WorkerLiveness, key
 from shared.models import JobRecord, JobState
-from shared.queues import GENERATE_TASK, generate_options, generate_reprs
+from shared.queues import publish_job
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,8 @@ class Reaper:
             reaped.append(task_id)
             if record.state is JobState.QUEUED:
                 log.warning("job %s lost its worker; queued again", task_id)
-                self.send_task(
-                    GENERATE_TASK,
-                    args=[task_id, record.params.model_dump(mode="json")],
-                    queue=self.queue,
-                    task_id=task_id,
-                    **generate_options(self.settings, self.time_limit_of(record.app_id)),
-                    **generate_reprs(task_id, record.app_id),
+                publish_job(
+                    self.send_task, self.settings, record, self.time_limit_of(record.app_id)
                 )
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)

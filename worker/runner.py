@@ -77,11 +77,17 @@ class WorkerContext:
     webhooks: WebhookPublisher
     name: str = field(default="worker")
     checkers: SafetyCheckers = field(default_factory=SafetyCheckers)
+    # Mirrors the API's Services: who is live, and the queue this worker consumes.
+    liveness: WorkerLiveness = field(init=False)
+    queue: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.liveness = WorkerLiveness(self.jobs.redis, self.settings.worker_stale_after_s)
+        self.queue = self.settings.queue_for(self.settings.worker_gpu)
 
     def live_workers(self) -> set[str]:
         """The workers heartbeating on this worker's queue now."""
-        liveness = WorkerLiveness(self.jobs.redis, self.settings.worker_stale_after_s)
-        return set(liveness.live(self.settings.queue_for(self.settings.worker_gpu)))
+        return set(self.liveness.live(self.queue))
 
     def notify(self, record: JobRecord, event: WebhookEvent) -> None:
         """Queue a webhook event for this job, if it asked for one."""
@@ -105,8 +111,12 @@ class WorkerContext:
         )(self.webhooks.publish, record, event, envelope)
 
 
-def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRecord | None:
-    """Run one job to a terminal state; None when there is nothing (left) to do."""
+def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
+    """Run one job to a terminal state; None when there is nothing (left) to do.
+
+    The message carries only the id: the parameters are the record's, read in step 1, so
+    a message can never run a job other than the one the API recorded.
+    """
     try:
         record = ctx.jobs.start(task_id, lambda r: take(ctx, r))
     except UnknownTask:
@@ -118,32 +128,37 @@ def run_job(ctx: WorkerContext, task_id: str, params: GenerationParams) -> JobRe
         return None
     if record.state is JobState.RUNNING:
         ctx.notify(record, WebhookEvent.START)
-        try:
-            generate(ctx, record, params)
-        except JobCanceled:
-            record.state, record.error = JobState.CANCELED, "canceled by the client"
-        except JobError as exc:
-            fail(record, str(exc))
-        except SoftTimeLimitExceeded:
-            fail(record, "timed out: the job ran past its time limit")
-        except Exception as exc:
-            # No exception text reaches a client: it may hold paths, values or worse.
-            error_id = secrets.token_hex(6)
-            log.exception("job %s failed unexpectedly (error id %s)", task_id, error_id)
-            if is_out_of_memory(exc):
-                fail(record, f"out of memory: try a smaller batch or size (error id {error_id})")
-                ctx.pipelines.clear()  # the next job starts from a clean GPU
-            else:
-                fail(record, f"internal error while running the job (error id {error_id})")
-                ctx.pipelines.release()  # keep the models, free the failed job's memory
+        run_guarded(ctx, record)
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     persist(ctx.jobs.finish, record)
-    if params.image_url is None:
+    if record.params.image_url is None:
         ctx.storage.delete(Storage.input_key(task_id))  # the bucket's rule is the backstop
     observe_job(record)
     ctx.notify(record, WebhookEvent.COMPLETED)
     return record
+
+
+def run_guarded(ctx: WorkerContext, record: JobRecord) -> None:
+    """Steps 3 to 7, turning every failure into the job's end state and one plain line."""
+    try:
+        generate(ctx, record)
+    except JobCanceled:
+        record.state, record.error = JobState.CANCELED, "canceled by the client"
+    except JobError as exc:
+        fail(record, str(exc))
+    except SoftTimeLimitExceeded:
+        fail(record, "timed out: the job ran past its time limit")
+    except Exception as exc:
+        # No exception text reaches a client: it may hold paths, values or worse.
+        error_id = secrets.token_hex(6)
+        log.exception("job %s failed unexpectedly (error id %s)", record.task_id, error_id)
+        if is_out_of_memory(exc):
+            fail(record, f"out of memory: try a smaller batch or size (error id {error_id})")
+            ctx.pipelines.clear()  # the next job starts from a clean GPU
+        else:
+            fail(record, f"internal error while running the job (error id {error_id})")
+            ctx.pipelines.release()  # keep the models, free the failed job's memory
 
 
 def take(ctx: WorkerContext, record: JobRecord) -> bool:
@@ -230,8 +245,9 @@ def fail(record: JobRecord, reason: str) -> None:
     record.error = " ".join(reason.split())[:500]
 
 
-def generate(ctx: WorkerContext, record: JobRecord, params: GenerationParams) -> None:
+def generate(ctx: WorkerContext, record: JobRecord) -> None:
     """Steps 3 to 7 for a running job; raises JobError on bad input or a model failure."""
+    params = record.params
     spec = ctx.registry.get(params.app_id)
     timings = record.time_required
 

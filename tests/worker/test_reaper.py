@@ -63,6 +63,7 @@ def test_a_job_whose_worker_died_is_queued_again(jobs: JobStore, settings: Setti
     ((name, options),) = sent
     assert name == GENERATE_TASK
     assert options["task_id"] == job.task_id and options["queue"] == QUEUE
+    assert options["args"] == [job.task_id]  # the id only: the worker reads the record
     assert options["time_limit"] > options["soft_time_limit"]
 
 

@@ -81,7 +81,7 @@ def stored_keys(ctx: WorkerContext, task_id: str) -> list[str]:
 
 def test_job_succeeds_with_outputs_under_task_derived_keys(ctx: WorkerContext) -> None:
     job = queued_job(ctx)
-    done = run_job(ctx, job.task_id, job.params)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.status is JobStatus.SUCCESS, done and done.error
     assert done.image_keys == [f"outputs/{job.task_id}/0.png", f"outputs/{job.task_id}/1.png"]
     assert done.preview_keys == [f"outputs/{job.task_id}/{i}.low.jpeg" for i in (0, 1)]
@@ -91,20 +91,20 @@ def test_job_succeeds_with_outputs_under_task_derived_keys(ctx: WorkerContext) -
 
 def test_finished_job_is_not_run_again(ctx: WorkerContext) -> None:
     job = queued_job(ctx)
-    first = run_job(ctx, job.task_id, job.params)
+    first = run_job(ctx, job.task_id)
     assert first is not None
-    assert run_job(ctx, job.task_id, job.params) is None
+    assert run_job(ctx, job.task_id) is None
     assert ctx.jobs.get(job.task_id) == first
 
 
 def test_rerun_after_a_lost_worker_overwrites_instead_of_duplicating(ctx: WorkerContext) -> None:
     job = queued_job(ctx)
-    run_job(ctx, job.task_id, job.params)
+    run_job(ctx, job.task_id)
     record = ctx.jobs.get(job.task_id)
     record.state = JobState.RUNNING  # as if the worker died after uploading, before recording
     ctx.jobs.save(record)
     ctx.storage.put(Storage.input_key(job.task_id), png_bytes(128, 128), "image")
-    again = run_job(ctx, job.task_id, job.params)
+    again = run_job(ctx, job.task_id)
     assert again is not None and again.status is JobStatus.SUCCESS
     assert again.attempts == 2
     # Still two images and two previews, not twice that.
@@ -112,15 +112,15 @@ def test_rerun_after_a_lost_worker_overwrites_instead_of_duplicating(ctx: Worker
 
 
 def test_job_without_a_record_is_dropped(ctx: WorkerContext) -> None:
-    job = queued_job(ctx)
-    assert run_job(ctx, "no-such-task", job.params) is None
+    assert run_job(ctx, "no-such-task") is None
 
 
 def test_pipeline_failure_ends_failed_with_one_line(ctx: WorkerContext) -> None:
     job = queued_job(ctx)
-    bad = job.params.model_copy(update={"app_id": "sd15"})  # a real model: no Hub here
+    job.params.app_id = "sd15"  # a real model: no Hub here
+    ctx.jobs.save(job)
     ctx.settings.model_dir.mkdir(parents=True, exist_ok=True)
-    done = run_job(ctx, job.task_id, bad)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error is not None and "\n" not in done.error
     assert done.error.startswith("model 'sd15' failed to load")
@@ -128,7 +128,7 @@ def test_pipeline_failure_ends_failed_with_one_line(ctx: WorkerContext) -> None:
 
 def test_webhook_events_are_queued_start_progress_completed(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=1, webhook="https://hooks.example/easel")
-    done = run_job(ctx, job.task_id, job.params)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.status is JobStatus.SUCCESS
     events = published.events(job.task_id)
     names = [name for name, _ in events]
@@ -157,7 +157,7 @@ def test_the_completed_webhook_rides_out_a_broker_restart(ctx: WorkerContext) ->
 
     flaky_ctx = dataclasses.replace(ctx, webhooks=WebhookPublisher(flaky, ctx.settings))
     job = queued_job(ctx, batch=1, webhook="https://hooks.example/easel")
-    done = run_job(flaky_ctx, job.task_id, job.params)
+    done = run_job(flaky_ctx, job.task_id)
     assert done is not None and done.status is JobStatus.SUCCESS
     assert refusals == ["completed", "completed"]
     names = [name for name, _ in published.events(job.task_id)]
@@ -166,16 +166,16 @@ def test_the_completed_webhook_rides_out_a_broker_restart(ctx: WorkerContext) ->
 
 def test_a_job_without_webhook_queues_nothing(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=1)
-    run_job(ctx, job.task_id, job.params)
+    run_job(ctx, job.task_id)
     assert published.events(job.task_id) == []
 
 
 def test_redelivered_finished_job_queues_its_completed_webhook_again(ctx: WorkerContext) -> None:
     """Its worker may have died between recording the result and queuing the webhook."""
     job = queued_job(ctx, batch=1, webhook="https://hooks.example/easel")
-    run_job(ctx, job.task_id, job.params)
+    run_job(ctx, job.task_id)
     before = [args[1] for _, args, _, _ in published if job.task_id in args[1]]
-    assert run_job(ctx, job.task_id, job.params) is None
+    assert run_job(ctx, job.task_id) is None
     after = [args[1] for _, args, _, _ in published if job.task_id in args[1]]
     assert after == [*before, f"msg_{job.task_id}_completed"]  # same id: receivers dedupe
 
@@ -191,7 +191,7 @@ def test_a_redelivery_never_runs_a_job_its_live_worker_still_holds(ctx: WorkerCo
     queue = ctx.settings.queue_for(ctx.settings.worker_gpu)
     WorkerLiveness(ctx.jobs.redis, ctx.settings.worker_stale_after_s).beat(queue, "alive/7")
     as_if_running_on(ctx, job, "alive/7", attempts=1)
-    assert run_job(ctx, job.task_id, job.params) is None
+    assert run_job(ctx, job.task_id) is None
     record = ctx.jobs.get(job.task_id)
     assert (record.state, record.worker, record.attempts) == (JobState.RUNNING, "alive/7", 1)
 
@@ -199,7 +199,7 @@ def test_a_redelivery_never_runs_a_job_its_live_worker_still_holds(ctx: WorkerCo
 def test_a_job_that_keeps_losing_its_worker_ends_failed(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=1)
     as_if_running_on(ctx, job, "gone/8", attempts=ctx.settings.max_attempts)
-    done = run_job(ctx, job.task_id, job.params)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error == f"worker lost {ctx.settings.max_attempts} times while running this job"
     assert stored_keys(ctx, job.task_id) == []  # it did not run again
@@ -208,7 +208,7 @@ def test_a_job_that_keeps_losing_its_worker_ends_failed(ctx: WorkerContext) -> N
 def test_a_dead_workers_job_runs_again_with_attempts_left(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=1)
     as_if_running_on(ctx, job, "gone/9", attempts=1)
-    done = run_job(ctx, job.task_id, job.params)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 2
 
 
@@ -218,7 +218,7 @@ def test_a_job_past_its_soft_time_limit_ends_failed(ctx: WorkerContext) -> None:
 
     slow = dataclasses.replace(ctx, pipelines=PipelineCache(ctx.settings, load=too_slow))
     job = queued_job(ctx, batch=1)
-    done = run_job(slow, job.task_id, job.params)
+    done = run_job(slow, job.task_id)
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error == "timed out: the job ran past its time limit"
 
@@ -245,7 +245,7 @@ def test_out_of_memory_fails_the_job_and_empties_the_cache(ctx: WorkerContext) -
     cache.get(ctx.registry.get("tiny-sdxl"))  # something held before the OOM
     oom = dataclasses.replace(ctx, pipelines=cache)
     job = queued_job(ctx, batch=1)
-    done = run_job(oom, job.task_id, job.params)
+    done = run_job(oom, job.task_id)
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error is not None and "out of memory" in done.error and "\n" not in done.error
     assert cache.loaded() == []  # freed for the next job
@@ -266,7 +266,7 @@ def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
     cache = PipelineCache(ctx.settings, load=lambda spec, settings: object())
     broken = dataclasses.replace(ctx, pipelines=cache)
     job = queued_job(ctx, batch=1)
-    done = run_job(broken, job.task_id, job.params)
+    done = run_job(broken, job.task_id)
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error is not None and done.error.startswith("internal error while running")
     assert "ValueError" not in done.error and "broke" not in done.error  # no exception text
@@ -304,7 +304,7 @@ def test_progress_is_written_at_most_four_times_a_second_and_always_at_the_end(
 
 def test_a_job_reports_a_safety_flag_per_image_and_the_checks_time(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=3)
-    done = run_job(ctx, job.task_id, job.params)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.status is JobStatus.SUCCESS, done and done.error
     assert done.output is not None
     flags = done.output.Has_NSFW_Content
@@ -316,7 +316,7 @@ def test_a_job_reports_a_safety_flag_per_image_and_the_checks_time(ctx: WorkerCo
 def test_a_blocked_job_stores_black_images_and_flags_them(ctx: WorkerContext) -> None:
     settings = ctx.settings.model_copy(update={"nsfw_threshold": -1.0, "nsfw_policy": "block"})
     job = queued_job(ctx, batch=2)
-    done = run_job(dataclasses.replace(ctx, settings=settings), job.task_id, job.params)
+    done = run_job(dataclasses.replace(ctx, settings=settings), job.task_id)
     assert done is not None and done.output is not None, done and done.error
     assert done.output.Has_NSFW_Content == [True, True]
     for key in done.image_keys + done.preview_keys:
@@ -326,7 +326,9 @@ def test_a_blocked_job_stores_black_images_and_flags_them(ctx: WorkerContext) ->
 
 def test_a_model_without_a_checker_flags_nothing_and_times_no_check(ctx: WorkerContext) -> None:
     job = queued_job(ctx, batch=2)
-    done = run_job(ctx, job.task_id, job.params.model_copy(update={"app_id": "loadtest"}))
+    job.params.app_id = "loadtest"
+    ctx.jobs.save(job)
+    done = run_job(ctx, job.task_id)
     assert done is not None and done.output is not None, done and done.error
     assert done.output.Has_NSFW_Content == [False, False]
     assert done.time_required.safety is None
