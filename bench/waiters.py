@@ -33,6 +33,7 @@ from shared.jobs import key
 PREFIX = "easel.bench.waiters"
 LONG_POLLS, SYNC_SUBMITS, SLOWLORIS = 700, 300, 256
 LARGE_BODIES, LARGE_IMAGE_BYTES = 16, 19_500_000
+QUEUED_JOBS = 50
 K8S_API_LIMIT_MB = 1024.0
 CALLS, CLIENTS = 300, 4
 RATIO_TARGET, SLOWLORIS_TARGET_S = 2.0, 0.1
@@ -111,9 +112,12 @@ def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
         latencies(url, headers, "POST", "/getImageToImage", async_body)  # warm-up
         before = p99s(url, headers, async_body)
         idle_facts = api_process_facts(process.pid)
+        used_before = int(stack.redis.info("memory")["used_memory"])
         with httpx.Client(base_url=url, headers=headers) as client:
             tasks = [client.post("/getImageToImage", json=async_body).json()["task_id"]
-                     for _ in range(50)]  # fmt: skip
+                     for _ in range(QUEUED_JOBS)]  # fmt: skip
+        used = int(stack.redis.info("memory")["used_memory"]) - used_before
+        per_job = job_keys_bytes(stack, tasks[0], queues[0]) | {"used_memory": used // QUEUED_JOBS}
         from api.auth import owner_id
 
         owner_waits = key("waits", owner_id(stack.key))
@@ -151,6 +155,13 @@ def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
     for queue in queues:  # nothing will ever consume these
         stack.redis.delete(queue, f"easel:queued:{queue}")
     result, details = rows(before, loaded, held, idle_facts, held_facts, health_slow)
+    result.append(
+        Row("7 waiters", "Redis bytes per queued job (inline image in S3)",
+            f"{per_job['used_memory']} B (used_memory / {QUEUED_JOBS} jobs)",
+            f"record {per_job['record']} B, message {per_job['message']} B", "<= 4096 B",
+            per_job["used_memory"] <= 4096)
+    )  # fmt: skip
+    details["redis_bytes_per_queued_job"] = per_job
     peak = large["peak_rss_mb"]
     around = f"{large['idle_rss_mb']:.1f} MB before; after {large['after_rss_mb']:.1f} MB"
     result.append(
@@ -159,6 +170,13 @@ def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
             peak <= K8S_API_LIMIT_MB)
     )  # fmt: skip
     return result, {**details, "large_bodies": large}
+
+
+def job_keys_bytes(stack: BenchStack, task_id: str, queue: str) -> dict[str, int]:
+    """MEMORY USAGE of one queued job's record and tomb, and the size of its message."""
+    record = sum(int(stack.redis.memory_usage(key(kind, task_id)) or 0) for kind in ("job", "tomb"))
+    message = max((len(m) for m in stack.redis.lrange(queue, 0, -1)), default=0)
+    return {"record": record, "message": message}
 
 
 def large_bodies(url: str, headers: dict[str, str], pid: int) -> dict[str, Any]:
