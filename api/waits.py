@@ -36,7 +36,8 @@ from shared.models import JobRecord
 
 log = logging.getLogger(__name__)
 RECHECK_S = 5.0  # a lost wake-up costs a waiter at most this
-RESUBSCRIBE_S = 0.5  # pause between attempts while Redis is unreachable
+RESUBSCRIBE_S = 0.5  # first pause while Redis is unreachable, doubling up to the cap
+RESUBSCRIBE_CAP_S = 5.0
 WAIT_SLACK_S = 5.0  # a wait slot outlives its wait by this much, then expires
 WAIT_RETRY_S = 2.0  # Retry-After for a refused wait: waits end within a minute, often sooner
 
@@ -58,6 +59,7 @@ class CompletionHub:
         self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
         self._lock = threading.Lock()
         self._started = False
+        self._failures = 0  # failed subscriptions in a row
 
     def wait(self, task_id: str, timeout_s: float) -> JobRecord:
         """Block until the job is terminal or the timeout passes; return its latest record."""
@@ -100,14 +102,18 @@ class CompletionHub:
             try:
                 self._subscribe_and_dispatch()
             except RedisError:
-                log.warning("completion subscription lost; resubscribing")
+                if not self._failures:  # once per outage, not once per attempt
+                    log.warning("completion subscription lost; resubscribing")
+                self._failures += 1
             self._wake(None)  # whatever ended meanwhile: every waiter re-reads
-            time.sleep(RESUBSCRIBE_S)
+            doublings = min(max(0, self._failures - 1), 8)
+            time.sleep(min(RESUBSCRIBE_S * 2**doublings, RESUBSCRIBE_CAP_S))
 
     def _subscribe_and_dispatch(self) -> None:
         pubsub = self.jobs.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(DONE_CHANNEL)
+            self._failures = 0
             self._wake(None)
             while True:
                 message = pubsub.get_message(timeout=1.0)
