@@ -99,6 +99,9 @@ def stack_env(
         # Locally, images and webhook receivers live on this machine; deployments leave
         # this unset, so private addresses stay refused.
         "EASEL_IMAGE_URL_ALLOWLIST": "127.0.0.1,localhost",
+        # No proxy in front locally: the client address is the socket's, whatever
+        # X-Forwarded-For says.
+        "EASEL_TRUSTED_PROXY_HOPS": "0",
     }
 
 
