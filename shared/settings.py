@@ -50,7 +50,7 @@ def _check_whsec(secret: str) -> None:
 
 
 class Settings(BaseSettings):
-    """Every knob Easel has; see the README's settings table."""
+    """Every knob Easel has; see docs/settings.md."""
 
     # An empty variable means "unset" (compose's ${VAR:-} gives one for every optional knob).
     # An error never echoes the value it refuses: it may be a secret, and it goes to the logs.
