@@ -1,8 +1,8 @@
 """Section 1: the API's submit path under gunicorn, against a trivial endpoint of the same app.
 
 2000 ``celery: true`` tiny-sd submits with a small data-URI PNG, from 8 keep-alive clients
-(one thread and one ``httpx.Client`` each), against ``easel api``'s default config (gthread,
-2 workers, 8 threads). The baseline is ``GET /health`` (no I/O) on the same server, with
+(one thread and one ``httpx.Client`` each), against ``easel api``'s default config (gevent,
+2 workers). The baseline is ``GET /health`` (no I/O) on the same server, with
 the same clients, in the same run. The API is pointed at bench-only queues that no worker
 consumes; a fake heartbeat makes it accept, and the queues are deleted afterwards.
 

@@ -239,8 +239,8 @@ for _ in range({RSS_SUBMITS}):
          "from shared.storage import Storage\nstorage = Storage(settings)"),
         ("api.create_app(settings)", "import api\napp = api.create_app(settings)"),
         (f"{RSS_SUBMITS} submits + GET /health (test client)", submits),
-        ("import gunicorn's gthread worker, api.gunicorn_conf",
-         "import gunicorn.workers.gthread\nimport api.gunicorn_conf"),
+        ("import gunicorn's gevent worker, api.gunicorn_conf",
+         "import gunicorn.workers.ggevent\nimport api.gunicorn_conf"),
     ]  # fmt: skip
 
 

@@ -116,10 +116,6 @@ class JobStore:
         args: list[str | int] = [task_id, size, quota, self.ttl_s]
         return bool(_run(partial(self._input_quota, keys=[key("inputbytes", owner)], args=args)))
 
-    def release_input(self, owner: str, task_id: str) -> None:
-        """Give an input's bytes back to its owner's quota (its job was never accepted)."""
-        _run(partial(self.redis.hdel, key("inputbytes", owner), task_id))
-
     def published(self, record: JobRecord) -> None:
         """The broker has the job's message: it is no longer the reaper's to end."""
         _run(partial(self.redis.zrem, key("unpublished", record.queue), record.task_id))
