@@ -184,7 +184,7 @@ def submit(
         forget(services, record, image is not None)
         raise
     try:
-        publish_job(services.celery.send_task, services.settings, record, spec.time_limit_s)
+        publish_job(services.celery.send_task, record)
     except BROKER_DOWN as exc:
         forget(services, record, image is not None)  # if Redis is down too: the reaper
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc

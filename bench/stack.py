@@ -1,6 +1,7 @@
 """The real stack for benchmarks: one Redis-protocol server and one SeaweedFS, shared by the
 sections, plus workers and gunicorn APIs started as ``easel worker`` / ``easel api`` start them
-(the same spawning as tests/conftest.py)."""
+(the same spawning as tests/conftest.py), and simulated workers (``python -m bench.worker``)
+serving bench/configs/simulated.toml."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from shared.settings import Settings
 from shared.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
+# The registry of simulated pipelines: the API and bench.worker must both read it.
+SIM_REGISTRY = ROOT / "bench" / "configs" / "simulated.toml"
 
 
 class BenchStack:
@@ -70,11 +73,13 @@ class BenchStack:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def spawn(self, args: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
-        """``python -m easel <args>`` with the stack's env, logging to ``logs/<log>``."""
+    def spawn(
+        self, args: list[str], log: str, module: str = "easel", **env: str
+    ) -> subprocess.Popen[bytes]:
+        """``python -m <module> <args>`` with the stack's env, logging to ``logs/<log>``."""
         with open(self.logs / log, "ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "easel", *args],
+                [sys.executable, "-m", module, *args],
                 env={**os.environ, **self.env, **env},
                 cwd=ROOT,
                 stdout=out,
@@ -98,6 +103,14 @@ class BenchStack:
         args = ["worker", "--gpu", "a10g", "--loglevel", "warning"]
         return self.spawn(args, f"worker-{name}.log", **env)
 
+    def sim_worker(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        """One ``python -m bench.worker --gpu a10g`` process: ``easel worker``'s options, its
+        pipelines simulated (bench/loader.py), serving SIM_REGISTRY. One torch thread: it
+        only seeds generators, and warm-up imports it before the worker says it is live."""
+        args = ["--gpu", "a10g", "--loglevel", "warning"]
+        env = {**sim_env(), "EASEL_TORCH_THREADS": "1", **env}
+        return self.spawn(args, f"worker-{name}.log", module="bench.worker", **env)
+
     def wait_live(self, queue: str, count: int, timeout_s: float = 180) -> None:
         """Block until ``count`` workers beat on ``queue``."""
         liveness = WorkerLiveness(self.redis, self.settings.worker_stale_after_s)
@@ -113,6 +126,11 @@ class BenchStack:
         self.redis.close()
         self.s3_server.stop()
         self.redis_server.stop()
+
+
+def sim_env() -> dict[str, str]:
+    """What points a process (the API, a bench worker) at the simulated registry."""
+    return {"EASEL_MODEL_REGISTRY": str(SIM_REGISTRY)}
 
 
 def bench_queues(prefix: str) -> str:

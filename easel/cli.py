@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import sys
-import uuid
 
 from easel.keys import add_key_commands, run_key_command
 from easel.submit import JOB_COMMANDS, add_job_commands, run_job_command
@@ -26,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
 
     worker = commands.add_parser("worker", help="run a Celery worker for one GPU class")
     worker.add_argument("--gpu", required=True, choices=[t.value for t in InferenceType])
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="jobs in flight (default: 3 x max_batch)"
+    )
     worker.add_argument("--loglevel", default="info")
 
     hooks = commands.add_parser("webhooks", help="deliver webhooks (a Celery worker, no GPU)")
@@ -91,30 +91,10 @@ def run_api(bind: str, workers: int, connections: int) -> None:
     os.execv(sys.executable, argv)
 
 
-def run_worker(gpu: InferenceType, concurrency: int, loglevel: str) -> None:
-    """Consume only this GPU class's queue, one job at a time per process."""
+def run_worker(gpu: InferenceType, concurrency: int | None, loglevel: str) -> None:
+    """Consume only this GPU class's queue: one process, a thread per job in flight."""
     from shared.settings import Settings
-    from worker.celery_app import create_celery
+    from worker.celery_app import create_celery, worker_main
 
     settings = Settings(worker_gpu=gpu)
-    app = create_celery(settings)
-    nodename = f"{gpu.value}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    app.worker_main(
-        [
-            "worker",
-            "--queues",
-            settings.queue_for(gpu),
-            "--hostname",
-            nodename,
-            "--concurrency",
-            str(concurrency),
-            "--pool",
-            "prefork",
-            "--prefetch-multiplier",
-            "1",
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    worker_main(create_celery(settings), settings, concurrency, loglevel)

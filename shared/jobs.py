@@ -248,6 +248,16 @@ class JobStore:
         """Whether the owner asked to cancel this job."""
         return bool(_run(partial(self.redis.exists, key("cancel", task_id))))
 
+    def canceled_among(self, task_ids: list[str]) -> set[str]:
+        """Which of these jobs their owners asked to cancel, in one round trip."""
+        if not task_ids:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.exists(key("cancel", task_id))
+        flags = _run(pipe.execute)
+        return {task_id for task_id, flag in zip(task_ids, flags, strict=True) if flag}
+
     def queue_snapshot(
         self, record: JobRecord, stale_after_s: float
     ) -> tuple[int | None, float | None, int]:

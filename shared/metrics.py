@@ -3,12 +3,14 @@
 The names and labels are a contract: ``deploy/grafana/easel-dashboard.json`` reads them and
 ``tests/deploy/test_k8s.py`` pins them.
 
-Both sides run several processes: gunicorn forks API workers, Celery's prefork pool forks
-job processes. prometheus_client's multiprocess mode makes one scrape see all of them: each
-process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums the
-files. ``use_multiprocess_dir`` gives ``easel api`` and each ``easel worker`` a fresh
-directory of their own before they fork; without one (the Flask test client, a bare
-``celery -A worker.app``) the metrics live in this process's default registry.
+gunicorn forks API workers, so the API runs several processes; a worker runs its jobs on
+threads of one process (Celery's threads pool, for cross-request batching). The same
+machinery serves both: in prometheus_client's multiprocess mode each process writes its
+values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums the files, which for a
+worker are the one process's. ``use_multiprocess_dir`` gives ``easel api`` and each
+``easel worker`` a fresh directory of their own before they fork; without one (the Flask
+test client, a bare ``celery -A worker.app``) the metrics live in this process's default
+registry.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ JOB_LABELS = ("app_id", "inference_type")
 # From a cached model (milliseconds) to a cold SDXL load or a long queue (many minutes).
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Images or jobs per pipeline call: every size up to 4 (a job's own batch), then coarser up
+# to ModelSpec.max_batch's ceiling of 64.
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+# The GPU's wait between calls: the goal is 5 ms or less, unbatched it was about 40 ms.
+IDLE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
 
 JOBS = Counter(
     "easel_jobs_total",
@@ -51,9 +58,23 @@ UPLOAD = _job_histogram("easel_upload_seconds", "Uploading images and previews, 
 END_TO_END = _job_histogram(
     "easel_end_to_end_seconds", "From submit to the result recorded, successful jobs."
 )
+BATCH_IMAGES = Histogram(
+    "easel_batch_images", "Images per pipeline call, all of its jobs' together.", JOB_LABELS,
+    buckets=BATCH_BUCKETS,
+)  # fmt: skip
+BATCH_JOBS = Histogram(
+    "easel_batch_jobs", "Jobs sharing one pipeline call.", JOB_LABELS, buckets=BATCH_BUCKETS
+)
+GPU_IDLE = Histogram(
+    "easel_gpu_idle_seconds",
+    "From one pipeline call's end to the next one's start, while a job was waiting.",
+    ["inference_type"],
+    buckets=IDLE_BUCKETS,
+)
 QUEUE_DEPTH = "easel_queue_depth"  # computed at scrape time by the API (api/metrics.py)
+# livesum: a killed worker's jobs drop out of the sum with its process.
 WORKER_INFLIGHT = Gauge(
-    "easel_worker_inflight", "1 while a job runs in this worker process.", ["worker"],
+    "easel_worker_inflight", "Jobs running now in this worker process.", ["worker"],
     multiprocess_mode="livesum",
 )  # fmt: skip
 GPU_MEMORY = Gauge(

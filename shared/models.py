@@ -303,6 +303,7 @@ class JobRecord(BaseModel):
     worker: str | None = None
     worker_gpu: InferenceType | None = None
     attempts: int = 0
+    call_images: int | None = None  # images in the pipeline call that ran it, partners' too
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = Field(default_factory=list)
 

@@ -23,38 +23,19 @@ GENERATE_TASK = "easel.generate"
 BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
-def publish_job(
-    send_task: Callable[..., Any],
-    settings: Settings,
-    record: JobRecord,
-    time_limit_s: int | None = None,
-) -> None:
+def publish_job(send_task: Callable[..., Any], record: JobRecord) -> None:
     """Put a recorded job on its GPU class's queue: the API's submit and the reaper's
-    requeue both come here. Raises one of ``BROKER_DOWN`` while the broker is away."""
-    send_task(
-        GENERATE_TASK,
-        args=[record.task_id],
-        queue=record.queue,
-        task_id=record.task_id,
-        **generate_options(settings, time_limit_s),
-    )
+    requeue both come here. Raises one of ``BROKER_DOWN`` while the broker is away.
+
+    No time limits ride on the message: the worker's threads pool has none to apply, and
+    the worker reads the model's limit from its registry (worker/runner.py).
+    """
+    send_task(GENERATE_TASK, args=[record.task_id], queue=record.queue, task_id=record.task_id)
 
 
 def visibility_timeout_s(settings: Settings) -> int:
     """Longer than any job may run (its hard limit), with room to spare."""
     return max(6 * 3600, 2 * settings.job_hard_time_limit_s)
-
-
-def generate_options(settings: Settings, model_limit_s: int | None = None) -> dict[str, Any]:
-    """Per-message options of a generate task: the time limits of its model, or the default.
-
-    Past the soft limit the job ends FAILED ("timed out"); past the hard one Celery kills the
-    worker process, and the job counts as a lost worker (EASEL_MAX_ATTEMPTS).
-    """
-    if model_limit_s is not None:
-        return {"soft_time_limit": model_limit_s, "time_limit": model_limit_s + 60}
-    soft = settings.job_soft_time_limit_s
-    return {"soft_time_limit": soft, "time_limit": max(settings.job_hard_time_limit_s, soft + 1)}
 
 
 def webhook_reprs(msg_id: str, event: str) -> dict[str, str]:

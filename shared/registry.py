@@ -18,7 +18,6 @@ from shared.models import AppInfo, InferenceType
 class ModelFamily(StrEnum):
     SD = "sd"
     SDXL = "sdxl"
-    LOADTEST = "loadtest"  # benchmark backend (worker/loadtest.py): no model, no torch
 
 
 CompileMode = Literal["max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune", "default"]
@@ -52,7 +51,11 @@ class ModelSpec(BaseModel):
     # Load weights only from .safetensors unless true: a pickled .bin or .ckpt runs code
     # when unpickled. Only for a trusted model that has no safetensors.
     allow_pickle: bool = False
-    step_seconds: float = Field(default=0.0, ge=0, le=60)  # loadtest family: sleep per step
+    # Cross-request batching (worker/batcher.py): up to max_batch images of compatible jobs
+    # share one pipeline call; a lone job waits at most max_wait_ms for partners. 1: off.
+    # A job's own batch counts toward it, and is never split.
+    max_batch: int = Field(default=1, ge=1, le=64)
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     # Soft time limit of one job (None: EASEL_JOB_SOFT_TIME_LIMIT_S); the hard one is 60 s
     # later. Capped at 3 h so the hard limit stays under the 6 h visibility timeout.
     time_limit_s: int | None = Field(default=None, ge=1, le=3 * 3600)

@@ -1,10 +1,20 @@
-"""The worker's Celery app: configuration, the one task, and process lifecycle hooks."""
+"""The worker's Celery app: configuration, the one task, and process lifecycle hooks.
+
+One ``easel worker`` is one process on Celery's threads pool: each job holds a thread from
+its message to its ack, and one GPU thread (worker/batcher.py) runs the pipeline calls, so
+jobs' fetches and uploads overlap the GPU's work and compatible jobs share a call. The
+threads pool has no time limits (prefork's come from signals to a child), so the step
+callback enforces each job's own limit, and the heartbeat thread ends the process when a
+call hangs past every member's limit: its jobs count as a lost worker, as before.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import uuid
 from typing import Any
 
 from celery import Celery, signals
@@ -21,10 +31,11 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
 from worker.metrics import init_worker_metrics, job_in_flight
-from worker.pipelines import PipelineCache
+from worker.pipelines import Loader, PipelineCache
 from worker.reaper import Reaper
 from worker.runner import WorkerContext, run_job
-from worker.safety import checker_source
+
+HUNG_EXIT_CODE = 70  # EX_SOFTWARE: a pipeline call hung past its jobs' limits
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +43,10 @@ log = logging.getLogger(__name__)
 class WorkerProcess:
     """Per-process state: built in each pool child after the fork, never before."""
 
-    def __init__(self, settings: Settings, app: Celery) -> None:
+    def __init__(self, settings: Settings, app: Celery, load: Loader | None = None) -> None:
         self.settings = settings
         self.app = app
+        self.load = load
         self.nodename = "worker"
         self._ctx: WorkerContext | None = None
         self._stop = threading.Event()
@@ -54,7 +66,9 @@ class WorkerProcess:
                 registry=load_registry(settings.model_registry),
                 jobs=JobStore(client, settings.job_ttl_s),
                 storage=storage,
-                pipelines=PipelineCache(settings, vram_budget_gb=settings.vram_budget_gb),
+                pipelines=PipelineCache(
+                    settings, vram_budget_gb=settings.vram_budget_gb, load=self.load
+                ),
                 http=GuardedHttp(policy_from(settings)),
                 webhooks=WebhookPublisher(self.app.send_task, settings, BROKER_DOWN),
                 name=f"{self.nodename}/{os.getpid()}",
@@ -85,7 +99,7 @@ class WorkerProcess:
             for app_id in self.settings.warm_models:
                 spec = ctx.registry.get(app_id)
                 ctx.pipelines.get(spec)
-                checker = checker_source(spec)
+                checker = spec.safety_checker
                 if checker is not None:  # a job's safety check should not pay its load
                     ctx.checkers.get(checker, self.settings)
                 log.info("model %s is warm (safety checker: %s)", app_id, checker)
@@ -95,13 +109,9 @@ class WorkerProcess:
             self.warmed.set()
             return
         self.warmed.set()
-        reaper = Reaper(
-            ctx.jobs,
-            self.settings,
-            self.app.send_task,
-            lambda app_id: ctx.registry.get(app_id).time_limit_s,
-        )
+        reaper = Reaper(ctx.jobs, self.settings, self.app.send_task)
         while True:
+            self._exit_if_hung()
             try:
                 ctx.liveness.beat(ctx.queue, ctx.name)
                 reaper.maybe_sweep()
@@ -110,13 +120,25 @@ class WorkerProcess:
             if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
 
+    def _exit_if_hung(self) -> None:
+        """A call stuck past its jobs' limits cannot be interrupted from Python: end the
+        process (as prefork's hard time limit ended its child), so its jobs go back."""
+        stuck_s = self.ctx.batcher.stuck_for()
+        if stuck_s > 0:
+            log.critical("a pipeline call hung %.0f s past its jobs' limits; exiting", stuck_s)
+            logging.shutdown()
+            os._exit(HUNG_EXIT_CODE)
 
-def create_celery(settings: Settings | None = None) -> Celery:
-    """Build the worker's Celery app for one GPU class."""
+
+def create_celery(settings: Settings | None = None, load: Loader | None = None) -> Celery:
+    """Build the worker's Celery app for one GPU class (``load``: how pipelines load)."""
     settings = settings or Settings()
     app = Celery("easel-worker", set_as_current=True)
     app.config_from_object(celery_config(settings))
-    process = WorkerProcess(settings, app)
+    # The threads pool cannot cancel a running job (Celery warns and carries on); a job
+    # that loses Redis rides it out instead (its final write retries for 5 minutes).
+    app.conf.worker_cancel_long_running_tasks_on_connection_loss = False
+    process = WorkerProcess(settings, app, load)
 
     def generate(task_id: str, *_earlier: Any) -> None:
         """Run one image-to-image job, reading its parameters from its record; the record
@@ -131,11 +153,48 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
     app.task(name=GENERATE_TASK)(generate)
     signals.worker_init.connect(remember_nodename, weak=False)
-    signals.worker_process_init.connect(lambda **_: process.start(), weak=False)
-    signals.worker_process_shutdown.connect(lambda **_: process.stop(), weak=False)
+    signals.worker_ready.connect(lambda **_: process.start(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: process.stop(), weak=False)
     # Receiving setup_logging makes Celery leave logging to us: its lines are JSON too.
     signals.setup_logging.connect(
         lambda loglevel=None, **_: configure_logging(settings, "worker", loglevel), weak=False
     )
     init_worker_metrics(settings)
     return app
+
+
+def job_slots(settings: Settings, registry_path: Any = None) -> int:
+    """Jobs one worker holds at once: three calls' worth of the largest ``max_batch`` its
+    GPU class runs (one on the GPU, one being fetched, one uploading)."""
+    registry = load_registry(registry_path or settings.model_registry)
+    batches = [
+        spec.max_batch
+        for spec in registry.specs.values()
+        if settings.worker_gpu in spec.inference_types
+    ]
+    return 3 * max(batches, default=1)
+
+
+def worker_main(app: Celery, settings: Settings, concurrency: int | None, loglevel: str) -> None:
+    """Run this process as a worker of ``settings.worker_gpu``'s queue (``easel worker``)."""
+    gpu = settings.worker_gpu
+    nodename = f"{gpu.value}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            settings.queue_for(gpu),
+            "--hostname",
+            nodename,
+            "--concurrency",
+            str(concurrency or job_slots(settings)),
+            "--pool",
+            "threads",
+            "--prefetch-multiplier",
+            "1",  # a message per free thread: a worker holds only the jobs it can start
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

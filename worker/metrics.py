@@ -1,11 +1,14 @@
-"""The worker's metrics: each ended job's counts and timings, jobs in flight, GPU memory,
-and ``/metrics`` on ``EASEL_METRICS_PORT`` (off by default; 9100 on Kubernetes).
+"""The worker's metrics: each ended job's counts and timings, jobs in flight, the size of
+each pipeline call and the GPU's idle gaps between calls, GPU memory, and ``/metrics`` on
+``EASEL_METRICS_PORT`` (off by default; 9100 on Kubernetes).
 
-Jobs run in Celery's prefork children while the main process only takes messages. With a
-port set, ``init_worker_metrics`` gives this ``easel worker`` its own multiprocess
-directory before the pool forks; the children write their values there, and an HTTP
-server in the main process sums every child's files on each scrape. So one port per
-worker, however many children it has, and a restarted child's counts are kept.
+Jobs run on threads of one process (Celery's threads pool), several at once, and one GPU
+thread (worker/batcher.py) runs pipeline calls that hold the images of one or more of
+them; there are no prefork children, so ``easel_worker_inflight`` counts up and down
+rather than being set. With a port set, ``init_worker_metrics`` still gives this
+``easel worker`` a multiprocess directory of its own, as the API has one: the process
+writes its values there and its HTTP server reads them back on each scrape, and any
+process forked from it would be summed in the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from shared.metrics import (
+    BATCH_IMAGES,
+    BATCH_JOBS,
     END_TO_END,
+    GPU_IDLE,
     GPU_MEMORY,
     INFERENCE,
     JOBS,
@@ -63,15 +69,26 @@ def observe_job(record: JobRecord) -> None:
             histogram.labels(*labels).observe(seconds)
 
 
+def observe_batch(app_id: str, inference_type: str, images: int, jobs: int) -> None:
+    """Observe one pipeline call: the images it made and the jobs they belong to."""
+    BATCH_IMAGES.labels(app_id, inference_type).observe(images)
+    BATCH_JOBS.labels(app_id, inference_type).observe(jobs)
+
+
+def observe_gpu_idle(inference_type: str, seconds: float) -> None:
+    """Observe the GPU's wait between two pipeline calls while a job was already waiting."""
+    GPU_IDLE.labels(inference_type).observe(seconds)
+
+
 @contextmanager
 def job_in_flight(worker: str) -> Iterator[None]:
-    """Hold ``easel_worker_inflight{worker}`` at 1 while a job runs; sample GPU memory."""
+    """Count a job in ``easel_worker_inflight{worker}`` while it runs; sample GPU memory."""
     gauge = WORKER_INFLIGHT.labels(worker)
-    gauge.set(1)
+    gauge.inc()  # not set(1): the pool's other threads run jobs of their own meanwhile
     try:
         yield
     finally:
-        gauge.set(0)
+        gauge.dec()
         sample_gpu_memory()
 
 
@@ -85,7 +102,7 @@ def sample_gpu_memory() -> None:
 
 
 def init_worker_metrics(settings: Settings) -> None:
-    """With ``metrics_port`` set: share metrics across the pool, and serve them once it runs."""
+    """With ``metrics_port`` set: a multiprocess directory, served once the worker is ready."""
     port = settings.metrics_port
     if port is None:
         return

@@ -11,7 +11,8 @@ import gc
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,11 @@ class PipelineCache:
             return False
         held = sum(kept.vram_gb for kept, _ in self._pipes.values())
         return held + spec.vram_gb > self.vram_budget_gb
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError (without importing torch just to check)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def release_memory(device_setting: str) -> None:
@@ -292,16 +298,27 @@ def set_vae_tiling(pipe: Any, spec: ModelSpec, size: tuple[int, int]) -> None:
 StepCallback = Callable[[int, int], None]
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One job's share of a pipeline call: its params, its fitted input, a seed per image."""
+
+    params: GenerationParams
+    image: Image.Image
+    seeds: list[int]
+
+
 def run_img2img(
     pipe: Any,
     spec: ModelSpec,
-    image: Image.Image,
-    params: GenerationParams,
-    seeds: list[int],
+    items: Sequence[BatchItem],
     on_step: StepCallback | None = None,
-) -> list[Image.Image]:
-    """One batched pipeline call; image ``i`` draws its noise from ``seeds[i]``.
+) -> list[list[Image.Image]]:
+    """One pipeline call for one or more compatible jobs; each job's images, in order.
 
+    Every image is its own row: its job's prompt, negative prompt and input, and its own
+    generator, so image ``i`` of a job draws its noise from that job's ``seeds[i]`` whoever
+    its partners are. Shared settings (steps after strength, guidance, size) are the first
+    item's; worker/batcher.py only groups jobs whose settings give the same call.
     ``on_step(step, total)`` runs after every denoising step; raising from it stops the run.
     """
     import torch
@@ -311,23 +328,30 @@ def run_img2img(
             on_step(index + 1, pipeline.num_timesteps)
         return tensors
 
-    steps = spec.steps_for(params.strength)
+    first = items[0].params
+    steps = spec.steps_for(first.strength)
     if steps is None:  # the API refuses these; a message is never trusted
         raise JobError(f"strength: too small for {spec.app_id!r} (max_steps {spec.step_cap})")
-    set_vae_tiling(pipe, spec, image.size)
-    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    rows = [(item, seed) for item in items for seed in item.seeds]
+    negatives = [item.params.negative_prompt for item, _ in rows]
+    set_vae_tiling(pipe, spec, items[0].image.size)
     with torch.inference_mode(), serving_stance(pipe):
         result = pipe(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            image=image,
-            strength=params.strength,
-            guidance_scale=params.guidance_scale,
+            prompt=[item.params.prompt for item, _ in rows],
+            # All None or all text: the batch key keeps them apart (SDXL encodes them apart).
+            negative_prompt=None if negatives[0] is None else negatives,
+            image=[item.image for item, _ in rows],
+            strength=first.strength,
+            guidance_scale=first.guidance_scale,
             num_inference_steps=steps,
-            num_images_per_prompt=params.batch,
-            generator=generators,
+            num_images_per_prompt=1,
+            generator=[torch.Generator(device="cpu").manual_seed(seed) for _, seed in rows],
             output_type="pil",
             callback_on_step_end=step_end,
         )
     images: list[Image.Image] = result.images
-    return images
+    shares, start = [], 0
+    for item in items:
+        shares.append(images[start : start + len(item.seeds)])
+        start += len(item.seeds)
+    return shares

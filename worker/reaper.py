@@ -43,10 +43,8 @@ class Reaper:
         jobs: JobStore,
         settings: Settings,
         send_task: Callable[..., Any],
-        time_limit_of: Callable[[str], int | None] = lambda app_id: None,
     ):
         self.jobs = jobs
-        self.time_limit_of = time_limit_of
         self.settings = settings
         self.send_task = send_task
         self.queue = settings.queue_for(settings.worker_gpu)
@@ -83,9 +81,7 @@ class Reaper:
             reaped.append(task_id)
             if record.state is JobState.QUEUED:
                 log.warning("job %s lost its worker; queued again", task_id)
-                publish_job(
-                    self.send_task, self.settings, record, self.time_limit_of(record.app_id)
-                )
+                publish_job(self.send_task, record)
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)
                 self.jobs.finish(record)

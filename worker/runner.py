@@ -1,12 +1,12 @@
-"""One job, top to bottom: the plain functions a Celery task calls.
+"""One job, top to bottom: the plain functions a Celery task calls, on the job's own thread.
 
 1. Load the job record; skip it if it already ended (a redelivery).
 2. Mark it running, atomically, unless it was canceled while it waited.
-3. Get the input image (inline from Redis, or fetched by URL) and fit it.
-4. Get the pipeline from the per-process cache.
-5. Run one batched pipeline call, one seed per image, reporting progress and
-   stopping at the next step if the owner cancels.
-5b. Check the batch's safety in one call (worker/safety.py) and apply the NSFW policy.
+3. Get the input image (inline from S3, or fetched by URL) and fit it.
+4-5b. Hand the job to the batcher and wait: its GPU thread runs the job in one pipeline
+   call with compatible partners and checks the images' safety (worker/batcher.py,
+   worker/calls.py). Meanwhile this thread holds no GPU, and other jobs' threads fetch,
+   encode and upload.
 6. Upload each image (and a small preview) under keys derived from the task id.
 7. Record the result, or the one-line reason it failed.
 
@@ -25,7 +25,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
-from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 from tenacity import (
     Retrying,
@@ -44,21 +43,20 @@ from shared.models import (
     JobState,
     Output,
     OutputFormat,
-    Progress,
-    TimeRequired,
     WebhookEvent,
 )
 from shared.netguard import GuardedHttp
-from shared.registry import ModelFamily, ModelSpec, Registry
+from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
+from worker.batcher import Batcher, Member
+from worker.calls import execute, observe
 from worker.fetch import fetch_image
 from worker.images import encode, prepare_image, preview
-from worker.loadtest import run_loadtest
 from worker.metrics import observe_job
-from worker.pipelines import PipelineCache, run_img2img
-from worker.safety import SafetyCheckers, apply_policy, check, checker_source
+from worker.pipelines import BatchItem, PipelineCache, is_out_of_memory
+from worker.safety import SafetyCheckers
 
 log = logging.getLogger(__name__)
 PERSIST_FOR_S = 300  # how long a final write waits for Redis to come back
@@ -80,10 +78,17 @@ class WorkerContext:
     # Mirrors the API's Services: who is live, and the queue this worker consumes.
     liveness: WorkerLiveness = field(init=False)
     queue: str = field(init=False)
+    batcher: Batcher = field(init=False)  # the one thread that runs pipeline calls
 
     def __post_init__(self) -> None:
         self.liveness = WorkerLiveness(self.jobs.redis, self.settings.worker_stale_after_s)
         self.queue = self.settings.queue_for(self.settings.worker_gpu)
+        self.batcher = Batcher(
+            execute=lambda group: execute(self, group),
+            is_out_of_memory=is_out_of_memory,
+            recover=self.pipelines.release,
+            observe=lambda group, idle_s: observe(self, group, idle_s),
+        )
 
     def live_workers(self) -> set[str]:
         """The workers heartbeating on this worker's queue now."""
@@ -147,8 +152,6 @@ def run_guarded(ctx: WorkerContext, record: JobRecord) -> None:
         record.state, record.error = JobState.CANCELED, "canceled by the client"
     except JobError as exc:
         fail(record, str(exc))
-    except SoftTimeLimitExceeded:
-        fail(record, "timed out: the job ran past its time limit")
     except Exception as exc:
         # No exception text reaches a client: it may hold paths, values or worse.
         error_id = secrets.token_hex(6)
@@ -192,11 +195,6 @@ def persist(write: Callable[[JobRecord], None], record: JobRecord) -> None:
             write(record)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError (without importing torch just to check)."""
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
-
-
 def resend_completed(ctx: WorkerContext, task_id: str) -> None:
     """A redelivered job that a worker already ended: its worker may have died before
     queuing the completed webhook, so queue it again (same webhook-id; receivers dedupe).
@@ -216,29 +214,6 @@ def mark_running(ctx: WorkerContext, record: JobRecord) -> None:
     record.time_required.queue = round(record.started_at - record.created_at, 4)
 
 
-class StepReporter:
-    """Checks for a cancel after every step; writes progress at most 4 times a second."""
-
-    def __init__(self, ctx: WorkerContext, record: JobRecord, min_interval_s: float = 0.25):
-        self.ctx, self.record, self.min_interval_s = ctx, record, min_interval_s
-        self.last_write = 0.0
-
-    def __call__(self, step: int, total: int) -> None:
-        try:
-            canceled = self.ctx.jobs.cancel_requested(self.record.task_id)
-        except BackendUnavailable:
-            canceled = False  # Redis is restarting: keep going; the final write waits for it
-        if canceled:
-            raise JobCanceled("canceled by the client")
-        now = time.monotonic()
-        if now - self.last_write >= self.min_interval_s or step == total:
-            self.record.progress = Progress(step=step, total=total)
-            with suppress(BackendUnavailable):  # progress may drop
-                self.ctx.jobs.save(self.record)
-            self.ctx.notify(self.record, WebhookEvent.PROGRESS)
-            self.last_write = now
-
-
 def fail(record: JobRecord, reason: str) -> None:
     """End a job as FAILED with a one-line reason."""
     record.state = JobState.FAILED
@@ -250,6 +225,8 @@ def generate(ctx: WorkerContext, record: JobRecord) -> None:
     params = record.params
     spec = ctx.registry.get(params.app_id)
     timings = record.time_required
+    limit_s = spec.time_limit_s or ctx.settings.job_soft_time_limit_s
+    deadline = time.monotonic() + limit_s
 
     # 3. Get the input image and fit it.
     if params.image_url is None:
@@ -261,13 +238,13 @@ def generate(ctx: WorkerContext, record: JobRecord) -> None:
         )
     image = prepare_image(data, spec.family, params.width, params.height)
 
-    # 4-5. Get the pipeline and run one batched call, one seed per image.
+    # 4-5b. The GPU thread runs it, with partners, one seed per image; a blurred or
+    # blocked image is never stored.
     first = params.seed if params.seed is not None else secrets.randbelow(2**31)
     seeds = [first + i for i in range(params.batch)]
-    images = run_model(ctx, record, spec, image, params, seeds)
-
-    # 5b. Check safety, before anything is stored: a blurred or blocked image never is.
-    images, flags = check_safety(ctx, spec, images, timings)
+    member = ctx.batcher.run(Member(record, spec, BatchItem(params, image, seeds), deadline))
+    images, flags = member.images, member.flags
+    record.call_images = member.call_images
 
     # 6. Upload each image and its preview.
     record.state = JobState.UPLOADING
@@ -288,49 +265,6 @@ def generate(ctx: WorkerContext, record: JobRecord) -> None:
         height=height,
     )
     record.state = JobState.SUCCEEDED
-
-
-def run_model(
-    ctx: WorkerContext,
-    record: JobRecord,
-    spec: ModelSpec,
-    image: Image.Image,
-    params: GenerationParams,
-    seeds: list[int],
-) -> list[Image.Image]:
-    """Steps 4 and 5: the cached pipeline's one batched call (or the benchmark backend's)."""
-    timings = record.time_required
-    if spec.family == ModelFamily.LOADTEST:  # the benchmark backend: no model, no torch
-        timings.load = 0.0
-        started = time.perf_counter()
-        images = run_loadtest(spec, params, seeds, StepReporter(ctx, record))
-    else:
-        pipe, load_s = ctx.pipelines.get(spec)
-        timings.load = round(load_s, 4)
-        started = time.perf_counter()
-        images = run_img2img(pipe, spec, image, params, seeds, StepReporter(ctx, record))
-    timings.inference = round(time.perf_counter() - started, 4)
-    return images
-
-
-def check_safety(
-    ctx: WorkerContext, spec: ModelSpec, images: list[Image.Image], timings: TimeRequired
-) -> tuple[list[Image.Image], list[bool]]:
-    """Step 5b: a flag per image from one checker call, and the images the policy leaves.
-
-    A model without a checker flags nothing and records no safety time. Loading the
-    checker (only if warm-up did not) counts as loading, like the pipeline's.
-    """
-    source = checker_source(spec)
-    if source is None:
-        return images, [False] * len(images)
-    checker, load_s = ctx.checkers.get(source, ctx.settings)
-    timings.load = round((timings.load or 0.0) + load_s, 4)
-    started = time.perf_counter()
-    flags = check(checker, images, ctx.settings.nsfw_threshold)
-    images = apply_policy(images, flags, ctx.settings.nsfw_policy)
-    timings.safety = round(time.perf_counter() - started, 4)
-    return images, flags
 
 
 def read_inline_input(ctx: WorkerContext, task_id: str) -> bytes:

@@ -27,7 +27,6 @@ from typing import Any, Literal
 from PIL import Image, ImageFilter
 
 from shared.errors import ModelError
-from shared.registry import ModelFamily, ModelSpec
 from shared.settings import Settings
 from worker.pipelines import pick_device, quiet_hf_logging, resolve_source
 
@@ -47,12 +46,6 @@ class SafetyChecker:
 
 
 CheckerLoader = Callable[[str, Settings], SafetyChecker]
-
-
-def checker_source(spec: ModelSpec) -> str | None:
-    """The checker a model's images go through; None for none (and for the loadtest
-    family, which never imports torch)."""
-    return None if spec.family is ModelFamily.LOADTEST else spec.safety_checker
 
 
 class SafetyCheckers:

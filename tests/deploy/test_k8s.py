@@ -13,7 +13,10 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+import shared.metrics
+from shared.metrics import QUEUE_DEPTH
 from shared.models import InferenceType
 from shared.registry import load_registry
 from shared.settings import Settings
@@ -537,13 +540,19 @@ METRICS: dict[str, set[str]] = {
     "easel_inference_seconds": {"app_id", "inference_type"},
     "easel_upload_seconds": {"app_id", "inference_type"},
     "easel_end_to_end_seconds": {"app_id", "inference_type"},
+    "easel_batch_images": {"app_id", "inference_type"},
+    "easel_batch_jobs": {"app_id", "inference_type"},
+    "easel_gpu_idle_seconds": {"inference_type"},
     "easel_queue_depth": {"inference_type"},
     "easel_worker_inflight": {"worker"},
     "easel_gpu_memory_bytes": {"device"},
     "easel_http_requests_total": {"method", "endpoint", "status"},
     "easel_http_request_seconds": {"method", "endpoint"},
 }
-HISTOGRAMS = {n for n in METRICS if n.endswith("_seconds")}
+HISTOGRAMS = {n for n in METRICS if n.endswith("_seconds")} | {
+    "easel_batch_images",
+    "easel_batch_jobs",
+}
 SCRAPE_LABELS = {"instance", "job"}
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset"}
 
@@ -629,6 +638,20 @@ def test_metric_check_would_catch_a_typo_or_a_wrong_label() -> None:
         metrics_in("sum by (worker) (easel_queue_depth)")
 
 
+def defined_metrics() -> dict[str, set[str]]:
+    """Every metric shared/metrics.py defines, by the name a scrape shows, with its labels."""
+    found = {QUEUE_DEPTH: {"inference_type"}}  # a name only: api/metrics.py builds it per scrape
+    for value in vars(shared.metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            suffix = "_total" if value._type == "counter" else ""  # a Counter's name drops it
+            found[value._name + suffix] = set(value._labelnames)
+    return found
+
+
+def test_the_dashboards_metrics_are_the_ones_shared_metrics_defines() -> None:
+    assert defined_metrics() == METRICS
+
+
 def test_every_metric_appears_in_a_panel(queries: dict[str, list[str]]) -> None:
     seen = set().union(*(metrics_in(e) for exprs in queries.values() for e in exprs))
     assert seen == set(METRICS)
@@ -638,7 +661,9 @@ def test_each_stage_histogram_shows_p50_and_p95_and_the_api_p99(
     queries: dict[str, list[str]],
 ) -> None:
     exprs = [re.sub(r"\s+", "", e) for es in queries.values() for e in es]
-    for metric in HISTOGRAMS - {"easel_http_request_seconds"}:
+    for metric in {n for n in HISTOGRAMS if n.endswith("_seconds")} - {
+        "easel_http_request_seconds"
+    }:
         for quantile in ("0.5", "0.95"):
             assert any(
                 f"histogram_quantile({quantile}," in e and f"{metric}_bucket" in e for e in exprs
@@ -660,4 +685,9 @@ def test_the_asked_for_panels_exist_with_unique_ids(
     assert "by (state)" in flat["Job rate by state"]
     assert "by (inference_type)" in flat["Queue depth per GPU class"]
     assert "by (worker)" in flat["In-flight jobs per worker"]
+    assert "easel_batch_images_bucket" in flat["Images per pipeline call"]
+    assert "easel_batch_jobs_bucket" in flat["Jobs per pipeline call"]
+    mean = flat["Mean images and jobs per call"]
+    for name in ("images", "jobs"):  # a mean per call: the sum's rate over the count's
+        assert f"rate(easel_batch_{name}_sum" in mean and f"rate(easel_batch_{name}_count" in mean
     assert 'status=~"5.."' in flat["Error rate"] and 'state="failed"' in flat["Error rate"]

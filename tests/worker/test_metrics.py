@@ -1,11 +1,13 @@
-"""The worker's metrics: an ended job's counts and timings, in-flight jobs, and one endpoint
-that sums a worker's forked pool processes."""
+"""The worker's metrics: an ended job's counts and timings, in-flight jobs on the pool's
+threads, the size of each pipeline call and the GPU's idle gaps, and one endpoint that sums
+every process writing to a worker's metrics directory."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
@@ -17,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from easel.stack import free_port
 from shared.models import JobRecord, JobState, TimeRequired
 from tests.conftest import job_record
-from worker.metrics import GPU_MEMORY, job_in_flight, observe_job, sample_gpu_memory
+from worker.metrics import (
+    GPU_MEMORY,
+    job_in_flight,
+    observe_batch,
+    observe_gpu_idle,
+    observe_job,
+    sample_gpu_memory,
+)
 
 LABELS = {"app_id": "tiny-sd", "inference_type": "a10g"}
 STEPS = ("queue_wait", "model_load", "inference", "upload", "end_to_end")
@@ -89,6 +98,68 @@ def test_in_flight_is_one_while_the_job_runs_and_zero_after_even_if_it_raises() 
     assert sample("easel_worker_inflight", worker=worker) == 0
 
 
+def test_in_flight_counts_two_overlapping_jobs_on_pool_threads_and_returns_to_zero() -> None:
+    worker = f"test-{uuid.uuid4().hex[:6]}@host/1"
+    both_in, first_out = threading.Barrier(3), threading.Event()
+    second_out = threading.Event()
+
+    def job(leave: threading.Event) -> None:
+        with job_in_flight(worker):
+            both_in.wait(timeout=5)
+            assert leave.wait(timeout=5)
+
+    threads = [threading.Thread(target=job, args=(e,)) for e in (first_out, second_out)]
+    for thread in threads:
+        thread.start()
+    both_in.wait(timeout=5)
+    seen = [sample("easel_worker_inflight", worker=worker)]
+    first_out.set()
+    threads[0].join(timeout=5)
+    seen.append(sample("easel_worker_inflight", worker=worker))
+    second_out.set()
+    threads[1].join(timeout=5)
+    seen.append(sample("easel_worker_inflight", worker=worker))
+    assert seen == [2, 1, 0]
+
+
+def histogram_samples(name: str, labels: dict[str, str], bounds: tuple[str, ...]) -> list[float]:
+    """A histogram's count, sum and the given buckets' counts, for one label set."""
+    return [
+        sample(f"{name}_count", **labels),
+        sample(f"{name}_sum", **labels),
+        *(sample(f"{name}_bucket", le=le, **labels) for le in bounds),
+    ]
+
+
+def minus(after: list[float], before: list[float]) -> list[float]:
+    return [a - b for a, b in zip(after, before, strict=True)]
+
+
+def test_a_pipeline_call_observes_its_images_and_its_jobs() -> None:
+    bounds = ("2.0", "3.0", "4.0", "6.0", "64.0")
+    names = ("easel_batch_images", "easel_batch_jobs")
+    before = [histogram_samples(name, LABELS, bounds) for name in names]
+    observe_batch("tiny-sd", "a10g", images=5, jobs=3)  # a batch-3 job with two batch-1 ones
+    observe_batch("tiny-sd", "a10g", images=1, jobs=1)  # a lone job
+    after = [histogram_samples(name, LABELS, bounds) for name in names]
+    deltas = [minus(x, y) for x, y in zip(after, before, strict=True)]
+    # count, sum, then le=2, 3, 4, 6, 64 (cumulative)
+    assert deltas[0] == [2, 6, 1, 1, 1, 2, 2]
+    assert deltas[1] == [2, 4, 1, 2, 2, 2, 2]
+
+
+def test_gpu_idle_gaps_land_in_millisecond_buckets_per_gpu_class() -> None:
+    labels = {"inference_type": "h100"}
+    bounds = ("0.001", "0.005", "0.05", "1.0", "+Inf")
+    before = histogram_samples("easel_gpu_idle_seconds", labels, bounds)
+    for seconds in (0.0004, 0.003, 0.04, 2.0):
+        observe_gpu_idle("h100", seconds)
+    after = histogram_samples("easel_gpu_idle_seconds", labels, bounds)
+    delta = minus(after, before)
+    assert delta[0] == 4 and delta[1] == pytest.approx(2.0434)
+    assert delta[2:] == [1, 2, 3, 3, 4]
+
+
 def test_gpu_memory_is_absent_where_the_process_never_used_cuda() -> None:
     import torch
 
@@ -123,10 +194,14 @@ POOL = textwrap.dedent(
     from shared.settings import Settings
     from tests.conftest import job_record
     from shared.models import JobState, TimeRequired
-    from worker.metrics import init_worker_metrics, job_in_flight, observe_job
+    from worker.metrics import (
+        init_worker_metrics, job_in_flight, observe_batch, observe_gpu_idle, observe_job,
+    )
 
     init_worker_metrics(Settings(metrics_port=int(sys.argv[1])))
     signals.worker_ready.send(sender=None)  # the main process serves, as under Celery
+    observe_batch("tiny-sd", "a10g", images=4, jobs=2)  # the serving process's own GPU thread
+    observe_gpu_idle("a10g", 0.003)
 
     def child(index, crash):
         record = job_record(f"job-{index}")
@@ -174,5 +249,8 @@ def test_one_endpoint_sums_the_pool_processes_and_forgets_a_killed_one() -> None
     )
     assert samples[("easel_inference_seconds_count", labels)] == 2
     assert samples[("easel_end_to_end_seconds_sum", labels)] == 6
+    assert samples[("easel_batch_images_sum", labels)] == 4
+    assert samples[("easel_batch_jobs_sum", labels)] == 2
+    assert samples[("easel_gpu_idle_seconds_count", (("inference_type", "a10g"),))] == 1
     inflight = [v for (name, _), v in samples.items() if name == "easel_worker_inflight"]
     assert sum(inflight) == 0  # the killed child's 1 was reaped with its process

@@ -6,23 +6,25 @@ import dataclasses
 import io
 import itertools
 import json
+import time
+import types
 import uuid
 from typing import Any
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
 from shared.netguard import GuardedHttp, policy_from
-from shared.queues import generate_options, visibility_timeout_s
-from shared.registry import load_registry
+from shared.queues import GENERATE_TASK, publish_job, visibility_timeout_s
+from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import DELIVER_WEBHOOK_TASK, WebhookPublisher
 from tests.conftest import job_record, png_bytes
-from worker.pipelines import PipelineCache
+from worker.batcher import Member
+from worker.pipelines import BatchItem, PipelineCache
 from worker.runner import WorkerContext, run_job
 
 
@@ -38,6 +40,10 @@ class SentTasks(list[tuple[str, list[Any], str, dict[str, Any]]]):
 
 
 published = SentTasks()
+
+
+def item(seeds: tuple[int, ...] = (1,)) -> BatchItem:
+    return BatchItem(job_record("item").params, Image.new("RGB", (64, 64)), list(seeds))
 
 
 @pytest.fixture(scope="module")
@@ -212,23 +218,45 @@ def test_a_dead_workers_job_runs_again_with_attempts_left(ctx: WorkerContext) ->
     assert done is not None and done.status is JobStatus.SUCCESS and done.attempts == 2
 
 
-def test_a_job_past_its_soft_time_limit_ends_failed(ctx: WorkerContext) -> None:
-    def too_slow(spec: Any, settings: Any) -> Any:
-        raise SoftTimeLimitExceeded()  # what Celery raises inside the job at the soft limit
+class SlowPipe:
+    """A pipeline stand-in whose steps take ``step_s`` each; calls the step callback."""
 
-    slow = dataclasses.replace(ctx, pipelines=PipelineCache(ctx.settings, load=too_slow))
+    vae = types.SimpleNamespace(enable_tiling=lambda: None, disable_tiling=lambda: None)
+    unet = object()
+
+    def __init__(self, step_s: float, steps: int = 10) -> None:
+        self.step_s, self.num_timesteps, self.calls = step_s, steps, 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        for index in range(self.num_timesteps):
+            time.sleep(self.step_s)
+            kwargs["callback_on_step_end"](self, index, None, {})
+        rows = len(kwargs["prompt"])
+        return types.SimpleNamespace(images=[Image.new("RGB", (64, 64))] * rows)
+
+
+def test_a_job_past_its_time_limit_ends_failed_at_the_next_step(ctx: WorkerContext) -> None:
+    """The threads pool has no time limits of its own: the step callback enforces them."""
+    spec = ctx.registry.get("tiny-sd").model_copy(update={"time_limit_s": 1})
+    registry = Registry([spec])
+    pipe = SlowPipe(step_s=0.3)
+    slow = dataclasses.replace(
+        ctx, registry=registry, pipelines=PipelineCache(ctx.settings, load=lambda s, _: pipe)
+    )
     job = queued_job(ctx, batch=1)
+    started = time.monotonic()
     done = run_job(slow, job.task_id)
     assert done is not None and done.status is JobStatus.FAILED
     assert done.error == "timed out: the job ran past its time limit"
+    assert time.monotonic() - started < 2.5  # stopped at the step past 1 s, not after 3 s
 
 
-def test_time_limits_come_from_the_model_or_the_settings(ctx: WorkerContext) -> None:
-    assert generate_options(ctx.settings, 120) == {"soft_time_limit": 120, "time_limit": 180}
-    default = generate_options(ctx.settings)
-    assert default["soft_time_limit"] == ctx.settings.job_soft_time_limit_s
-    assert default["time_limit"] > default["soft_time_limit"]
-    assert visibility_timeout_s(ctx.settings) > default["time_limit"]
+def test_a_message_carries_only_the_task_id(ctx: WorkerContext) -> None:
+    sent = SentTasks()
+    job = job_record("id-only")
+    publish_job(sent.append_task, job)
+    assert sent == [(GENERATE_TASK, [job.task_id], job.queue, {"task_id": job.task_id})]
     assert visibility_timeout_s(ctx.settings) > 3 * 3600 + 60  # the longest a model may set
 
 
@@ -254,14 +282,14 @@ def test_out_of_memory_fails_the_job_and_empties_the_cache(ctx: WorkerContext) -
 def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
     ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    import worker.calls
     import worker.pipelines
-    import worker.runner
 
     def broken(*args: Any) -> Any:
         raise ValueError("the pipeline broke")
 
     released: list[str] = []
-    monkeypatch.setattr(worker.runner, "run_img2img", broken)
+    monkeypatch.setattr(worker.calls, "run_img2img", broken)
     monkeypatch.setattr(worker.pipelines, "release_memory", released.append)
     cache = PipelineCache(ctx.settings, load=lambda spec, settings: object())
     broken = dataclasses.replace(ctx, pipelines=cache)
@@ -280,19 +308,18 @@ def test_any_other_pipeline_error_fails_the_job_and_keeps_the_models(
 def test_progress_is_written_at_most_four_times_a_second_and_always_at_the_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import types
-
-    import worker.runner
+    import worker.calls
 
     clock = [1000.0]
-    monkeypatch.setattr(worker.runner.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(worker.calls.time, "monotonic", lambda: clock[0])
     saved: list[int] = []
     jobs = types.SimpleNamespace(
-        cancel_requested=lambda task_id: False,
+        canceled_among=lambda task_ids: set(),
         save=lambda record: saved.append(record.progress.step),
     )
     ctx = types.SimpleNamespace(jobs=jobs, notify=lambda record, event: None)
-    reporter = worker.runner.StepReporter(ctx, job_record("throttled"))  # type: ignore[arg-type]
+    member = Member(job_record("throttled"), load_registry().get("tiny-sd"), item(), 2000.0)
+    reporter = worker.calls.GroupReporter(ctx, [member])  # type: ignore[arg-type]
     for step in range(1, 31):  # 30 steps, 0.1 s apart: 3 s of denoising
         reporter(step, 30)
         clock[0] += 0.1
@@ -325,10 +352,10 @@ def test_a_blocked_job_stores_black_images_and_flags_them(ctx: WorkerContext) ->
 
 
 def test_a_model_without_a_checker_flags_nothing_and_times_no_check(ctx: WorkerContext) -> None:
+    spec = ctx.registry.get("tiny-sd").model_copy(update={"safety_checker": None})
+    unchecked = dataclasses.replace(ctx, registry=Registry([spec]))
     job = queued_job(ctx, batch=2)
-    job.params.app_id = "loadtest"
-    ctx.jobs.save(job)
-    done = run_job(ctx, job.task_id)
+    done = run_job(unchecked, job.task_id)
     assert done is not None and done.output is not None, done and done.error
     assert done.output.Has_NSFW_Content == [False, False]
     assert done.time_required.safety is None

@@ -1,0 +1,114 @@
+"""What the GPU thread runs for one group of compatible jobs (worker/batcher.py).
+
+4. Get the pipeline from the per-process cache.
+5. Run one pipeline call over every member's images, one seed per image, reporting each
+   member's progress and ending a member at the next step when its owner cancels it or
+   its time limit passes; its partners run on.
+5b. Check every image's safety in one checker call (worker/safety.py), apply the NSFW
+   policy, and hand each member its own images, flags and timings.
+
+Steps 3 and 6-7 run on each job's own thread (worker/runner.py), so the GPU thread does
+only GPU work.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from shared.errors import BackendUnavailable, JobCanceled, JobError
+from shared.models import Progress, WebhookEvent
+from shared.registry import ModelSpec
+from worker.batcher import Member, NobodyLeft
+from worker.metrics import observe_batch, observe_gpu_idle
+from worker.pipelines import run_img2img
+from worker.safety import apply_policy, check
+
+if TYPE_CHECKING:
+    from worker.runner import WorkerContext
+
+TIMED_OUT = "timed out: the job ran past its time limit"
+
+
+def execute(ctx: WorkerContext, group: list[Member]) -> None:
+    """Steps 4 to 5b for one group; fills each member that is still live."""
+    spec = group[0].spec
+    # 4. The pipeline, loaded once per process.
+    pipe, load_s = ctx.pipelines.get(spec)
+    # 5. One call for every member's images.
+    started = time.perf_counter()
+    shares = run_img2img(pipe, spec, [m.item for m in group], GroupReporter(ctx, group))
+    inference_s = round(time.perf_counter() - started, 4)
+    live = [(member, share) for member, share in zip(group, shares, strict=True)]
+    live = [(member, share) for member, share in live if not member.ended]
+    # 5b. One safety check over the live members' images.
+    images = [image for _, share in live for image in share]
+    images, flags, checker_load_s, safety_s = check_safety(ctx, spec, images)
+    start = 0
+    for member, share in live:
+        end = start + len(share)
+        member.images, member.flags = images[start:end], flags[start:end]
+        member.call_images = sum(len(s) for s in shares)
+        timings = member.record.time_required
+        timings.load = round(load_s + checker_load_s, 4)
+        timings.inference, timings.safety = inference_s, safety_s
+        start = end
+
+
+def check_safety(
+    ctx: WorkerContext, spec: ModelSpec, images: list[Image.Image]
+) -> tuple[list[Image.Image], list[bool], float, float | None]:
+    """Step 5b: the images the policy leaves, a flag per image, the checker's load time
+    (only if warm-up did not load it) and its run time (None without a checker)."""
+    source = spec.safety_checker
+    if source is None or not images:
+        return images, [False] * len(images), 0.0, None
+    checker, load_s = ctx.checkers.get(source, ctx.settings)
+    started = time.perf_counter()
+    flags = check(checker, images, ctx.settings.nsfw_threshold)
+    images = apply_policy(images, flags, ctx.settings.nsfw_policy)
+    return images, flags, load_s, round(time.perf_counter() - started, 4)
+
+
+class GroupReporter:
+    """After every step: ends members canceled or out of time, writes each live member's
+    progress at most 4 times a second, and stops the call once no member is left."""
+
+    def __init__(self, ctx: WorkerContext, group: list[Member], min_interval_s: float = 0.25):
+        self.ctx, self.group, self.min_interval_s = ctx, group, min_interval_s
+
+    def __call__(self, step: int, total: int) -> None:
+        live = [m for m in self.group if not m.ended]
+        try:
+            canceled = self.ctx.jobs.canceled_among([m.record.task_id for m in live])
+        except BackendUnavailable:
+            canceled = set()  # Redis is restarting: keep going; the final write waits for it
+        now = time.monotonic()
+        for member in live:
+            if member.record.task_id in canceled:
+                member.end(JobCanceled("canceled by the client"))
+            elif now > member.deadline:
+                member.end(JobError(TIMED_OUT))
+            elif now - member.last_progress >= self.min_interval_s or step == total:
+                self.report(member, Progress(step=step, total=total))
+                member.last_progress = now
+        if all(m.ended for m in self.group):
+            raise NobodyLeft
+
+    def report(self, member: Member, progress: Progress) -> None:
+        """Progress may drop: a failed write or webhook never stops the job."""
+        member.record.progress = progress
+        with suppress(BackendUnavailable):
+            self.ctx.jobs.save(member.record)
+        self.ctx.notify(member.record, WebhookEvent.PROGRESS)
+
+
+def observe(ctx: WorkerContext, group: list[Member], idle_s: float | None) -> None:
+    """Count a call's images and jobs, and the GPU's idle time before it (if a job waited)."""
+    gpu = ctx.settings.worker_gpu.value
+    observe_batch(group[0].spec.app_id, gpu, sum(m.size for m in group), len(group))
+    if idle_s is not None:
+        observe_gpu_idle(gpu, idle_s)
