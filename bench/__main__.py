@@ -4,9 +4,10 @@ Sections (``python -m bench --only ingest,api`` runs a subset):
     ingest   5. fetch, decode and fit a 6000x4000 JPEG on one core
     api      1. the API's submit path vs GET /health under gunicorn
     worker   4 and 2. warm workers (no reloads) and orchestration overhead per job
-    scaling  3. throughput with 1 to 16 loadtest workers on one queue
+    scaling  3. throughput with 1 to 16 simulated workers (bench/loader.py) on one queue
     tiny     6. tiny-sd and tiny-sdxl at 1024x1024, batch 1 and 4
     waiters  7. 1,000 waiting clients and 256 slowloris sockets against one API
+    batching 8. cross-request batching under Poisson load, gains simulated from published ones
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from bench.report import Row, print_table, write_results
 
-SECTIONS = ("ingest", "api", "worker", "scaling", "tiny", "waiters")
+SECTIONS = ("ingest", "api", "worker", "scaling", "tiny", "waiters", "batching")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +67,7 @@ def run_section(name: str) -> tuple[list[Row], dict[str, Any]]:
             "worker": "bench.worker_path",
             "scaling": "bench.scaling",
             "waiters": "bench.waiters",
+            "batching": "bench.batching",
         }[name]
     )
     stack = BenchStack()

@@ -1,12 +1,17 @@
-"""GPU speed of SD 1.5 and SDXL image-to-image: fp16 + SDPA, then channels_last, then compile.
+"""GPU speed of SD 1.5 and SDXL image-to-image: fp16 + SDPA, then channels_last, then compile;
+and the gain g(b) of batching b jobs into one call of the worker's batched path.
 
-    python bench/gpu.py [--out bench/gpu_results.json]   # one H100/H200, under 8 minutes
-    python bench/gpu.py --smoke --out /tmp/smoke.json    # CPU, scaled-down, a few seconds
+    python -m bench.gpu [--out bench/gpu_results.json]   # one H100/H200, from the repo root
+    python -m bench.gpu --only gain                      # the g(b) rows alone
+    python -m bench.gpu --smoke --out /tmp/smoke.json    # CPU, scaled-down, a few seconds
 
 Both pipelines are built from the real configs in ``bench/configs/`` with random weights, so
 nothing downloads: random weights cost the same FLOPs as trained ones. The tokenizer is the
 byte-level one of ``worker/tiny_models.py`` (copied here, since the GPU machine has only
-torch, transformers and diffusers: this script imports nothing else from the repository).
+torch, transformers and diffusers: the variant rows import nothing else from the
+repository). The g(b) rows call ``worker.pipelines.run_img2img``, so they need the
+repository on the path (``-m`` from its root) and pydantic, which ``bench/gpu.sh`` installs
+from ``bench/wheels/``; without them those rows are skipped and say why.
 
 What is timed: one ``pipe(...)`` call per run, as the worker makes it (``inference_mode``,
 ``num_images_per_prompt=batch``, ``output_type="pil"``, guidance 7.5 so the UNet runs the
@@ -23,6 +28,12 @@ CUDA graphs remove the launch cost of the UNet's ~1000 kernels per step, which m
 at batch 1. "max-autotune-no-cudagraphs" (the worker's default, paid once at load) spends
 minutes per shape autotuning; try it with ``--compile-mode`` and ``--models sdxl``.
 SDXL's real VAE config has ``force_upcast``, so its VAE runs in float32 as in production.
+
+g(b) = (images/s with b jobs in one call) / (images/s with one job), b = 1, 2, 4, 8: b
+distinct batch-1 jobs (own prompt, input and seed) as ``BatchItem``s of one
+``run_img2img`` call, exactly as worker/batcher.py groups them. They run on the
+"+channels_last" pipeline, eager: the published gains it is compared with are eager, and a
+compiled UNet would need a graph per b. Each b is warmed up once, untimed.
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +55,9 @@ CONFIGS = Path(__file__).with_name("configs")
 MODELS = {"sd15": 512, "sdxl": 1024}  # native size of each
 VARIANTS = ("sdpa", "+channels_last", "+compile")
 BATCHES = (1, 4)
+GAIN_VARIANT = "+channels_last"  # the pipeline the g(b) rows time: eager, see above
+GAIN_BATCHES = (1, 2, 4, 8)  # jobs per call, one image each (smoke: 1 and 2)
+PARTS = ("variants", "gain")
 STEPS = 30
 PROMPT = "a photograph of an astronaut riding a horse, golden hour, highly detailed"
 
@@ -50,7 +66,6 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    started = time.perf_counter()
     device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.float16)
     report: dict[str, Any] = {
         "smoke": args.smoke,
@@ -62,29 +77,56 @@ def main() -> None:
         "compile_backend": args.compile_backend,
         "steps": args.steps,
         "rows": [],
+        "gains": [],
     }
+    no_worker = worker_path_missing() if "gain" in args.only else None
     for model in args.models:
         pipe = build_pipeline(model, args.smoke, device, dtype)
-        size = 64 if args.smoke else MODELS[model]
-        for variant in VARIANTS:
-            apply_variant(pipe, variant, args)
-            for batch in BATCHES:
-                skipped = None
-                if time.perf_counter() - started > args.budget_s:
-                    skipped = f"time budget of {args.budget_s:.0f} s spent"
-                row = {"model": model, "variant": variant, "batch": batch, "size": size}
-                if skipped is None:
-                    row |= measure(pipe, size, batch, args)
-                else:
-                    row["skipped"] = skipped
-                report["rows"].append(row)
-                report["elapsed_s"] = round(time.perf_counter() - started, 1)
-                _print_row(row, report["elapsed_s"])
-                _write(args.out, report)  # after every row: a killed run keeps what it had
+        time_model(report, pipe, model, args, no_worker)
         del pipe
         _free(device)
     print_table(report)
     print(f"wrote {args.out}; elapsed {report['elapsed_s']:.1f} s")
+
+
+def time_model(
+    report: dict[str, Any], pipe: Any, model: str, args: argparse.Namespace, no_worker: str | None
+) -> None:
+    """Each variant's rows on one pipeline, and the g(b) rows once it is at GAIN_VARIANT."""
+    size = 64 if args.smoke else MODELS[model]
+    for variant in VARIANTS:
+        apply_variant(pipe, variant, args)
+        for batch in BATCHES if "variants" in args.only else ():
+            row = {"model": model, "variant": variant, "batch": batch, "size": size}
+            record(report, "rows", row, partial(measure, pipe, size, batch, args), args)
+        if variant == GAIN_VARIANT and "gain" in args.only:
+            for jobs in GAIN_BATCHES[:2] if args.smoke else GAIN_BATCHES:
+                row = {"model": model, "jobs": jobs, "size": size}
+                timing = partial(measure_gain, pipe, model, size, jobs, args)
+                record(report, "gains", row, timing, args, no_worker)
+            fill_gains(report["gains"], model)
+            _write(args.out, report)
+            if "variants" not in args.only:
+                return  # nothing left to time on this model
+
+
+def record(
+    report: dict[str, Any],
+    key: str,
+    row: dict[str, Any],
+    timing: Callable[[], dict[str, Any]],
+    args: argparse.Namespace,
+    skipped: str | None = None,
+) -> None:
+    """Time one row into ``report[key]``, unless it is skipped or the time budget is spent."""
+    elapsed = time.perf_counter() - args.started
+    if skipped is None and elapsed > args.budget_s:
+        skipped = f"time budget of {args.budget_s:.0f} s spent"
+    row |= timing() if skipped is None else {"skipped": skipped}
+    report[key].append(row)
+    report["elapsed_s"] = round(time.perf_counter() - args.started, 1)
+    _print_row(row, report["elapsed_s"])
+    _write(args.out, report)  # after every row: a killed run keeps what it had
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,7 +139,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this")
     parser.add_argument("--steps", type=int, default=None, help="default 30 (smoke: 2)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per row")
+    parser.add_argument("--only", choices=PARTS, help="one part: the variant or the g(b) rows")
     args = parser.parse_args()
+    args.started = time.perf_counter()
+    args.only = PARTS if args.only is None else (args.only,)
     args.steps = args.steps or (2 if args.smoke else STEPS)
     args.compile_backend = args.compile_backend or ("eager" if args.smoke else "inductor")
     return args
@@ -320,6 +365,102 @@ def _graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def worker_path_missing() -> str | None:
+    """Why the worker's batched path cannot be imported here, or None when it can."""
+    try:
+        import worker.pipelines  # noqa: F401
+    except ImportError as exc:
+        return (
+            f"worker.pipelines not importable ({exc}): run python -m bench.gpu from the "
+            "repository root, with pydantic's wheels in bench/wheels (see bench/gpu.sh)"
+        )
+    return None
+
+
+def measure_gain(
+    pipe: Any, model: str, size: int, jobs: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``jobs`` batch-1 jobs in one ``run_img2img`` call: warm up once, then time calls."""
+    import torch
+
+    from worker.pipelines import run_img2img
+
+    cuda = torch.cuda.is_available() and not args.smoke
+    items = gain_items(size, jobs)
+    calls: list[int] = []
+
+    def run(steps: int) -> float:
+        spec = gain_spec(model, steps)
+        calls.clear()
+        if cuda:
+            torch.cuda.synchronize()
+        begun = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # random weights may give NaN pixels
+            shares = run_img2img(pipe, spec, items, lambda step, _total: calls.append(step))
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - begun
+        assert [len(images) for images in shares] == [1] * jobs, "one image per job"
+        return elapsed
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    warmup_s = run(min(3, args.steps))
+    runs = args.runs or (1 if args.smoke else 3 if jobs <= 2 else 2)
+    median = statistics.median(run(args.steps) for _ in range(runs))
+    return {
+        "images": jobs,
+        "steps": args.steps,
+        "denoising_steps": len(calls),
+        "runs": runs,
+        "warmup_s": round(warmup_s, 3),
+        "median_s": round(median, 4),
+        "per_image_s": round(median / jobs, 4),
+        "images_per_s": round(jobs / median, 4),
+        "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
+
+
+def gain_spec(model: str, steps: int) -> Any:
+    """A registry entry for the bench pipeline: ``steps`` steps at strength 1.0."""
+    from shared.models import InferenceType
+    from shared.registry import ModelFamily, ModelSpec
+
+    family = ModelFamily.SD if model == "sd15" else ModelFamily.SDXL
+    return ModelSpec(
+        app_id=f"bench-{model}", family=family, source=str(CONFIGS / model),
+        default_steps=steps, inference_types=[InferenceType.H100],
+    )  # fmt: skip
+
+
+def gain_items(size: int, jobs: int) -> list[Any]:
+    """``jobs`` compatible batch-1 jobs, each with its own prompt, input image and seed."""
+    from PIL import Image
+
+    from shared.models import GenerationParams
+    from worker.pipelines import BatchItem
+
+    items = []
+    for job in range(jobs):
+        params = GenerationParams(
+            app_id="bench", prompt=f"{PROMPT}, take {job + 1}", guidance_scale=7.5, batch=1,
+            strength=1.0, height=size, width=size, seed=job,
+        )  # fmt: skip
+        image = Image.linear_gradient("L").rotate(45 * job).resize((size, size)).convert("RGB")
+        items.append(BatchItem(params=params, image=image, seeds=[job]))
+    return items
+
+
+def fill_gains(rows: list[dict[str, Any]], model: str) -> None:
+    """g(b) on each of a model's timed rows: its images/s over the one-job row's."""
+    timed = {r["jobs"]: r for r in rows if r["model"] == model and "skipped" not in r}
+    if 1 not in timed:
+        return
+    for row in timed.values():
+        row["gain"] = round(row["images_per_s"] / timed[1]["images_per_s"], 3)
+
+
 # 4. Reporting.
 
 
@@ -332,9 +473,17 @@ def print_table(report: dict[str, Any]) -> None:
     print(header + f"{'it/s':>7} {'peak GB':>8} {'warm-up s':>9}")
     for row in report["rows"]:
         _print_row(row, None)
+    if report["gains"]:
+        print(f"\ng(b), {GAIN_VARIANT}, through worker.pipelines.run_img2img")
+        print(f"{'model':<6} {'jobs':>5} {'size':>5} {'images/s':>9} {'g(b)':>6} {'peak GB':>8}")
+    for row in report["gains"]:
+        _print_row(row, None)
 
 
 def _print_row(row: dict[str, Any], elapsed: float | None) -> None:
+    if "jobs" in row:
+        _print_gain(row, elapsed)
+        return
     line = f"{row['model']:<6} {row['variant']:<15} {row['batch']:>5} {row['size']:>5} "
     if "skipped" in row:
         line += f"skipped: {row['skipped']}"
@@ -342,6 +491,17 @@ def _print_row(row: dict[str, Any], elapsed: float | None) -> None:
         peak = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f}"
         line += f"{row['per_image_s']:>8.3f} {row['it_per_s']:>7.2f} {peak:>8} "
         line += f"{row['warmup_s']:>9.1f}"
+    print(line + ("" if elapsed is None else f"   [{elapsed:.0f} s]"), flush=True)
+
+
+def _print_gain(row: dict[str, Any], elapsed: float | None) -> None:
+    line = f"{row['model']:<6} {row['jobs']:>5} {row['size']:>5} "
+    if "skipped" in row:
+        line += f"skipped: {row['skipped']}"
+    else:
+        gain = "-" if row.get("gain") is None else f"{row['gain']:.2f}"
+        peak = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f}"
+        line += f"{row['images_per_s']:>9.3f} {gain:>6} {peak:>8}"
     print(line + ("" if elapsed is None else f"   [{elapsed:.0f} s]"), flush=True)
 
 

@@ -1,15 +1,17 @@
 """``make soak``: hold the load. A mixed, multi-tenant workload above the workers' capacity
 for a set time, on loopback, then a drain and an audit of every job the API accepted.
 
-1. Stack: a fresh Valkey and SeaweedFS (bench.stack), W ``easel worker --gpu a10g``
-   processes, one ``easel api`` (``EASEL_SYNC_WAIT_S=20``), three API keys (the bootstrap
-   key and two from ``easel keys create``), each capped at 8 x W jobs in flight, so the
-   backlog, and so the drain, stays bounded while submits past the cap get a 429.
+1. Stack: a fresh Valkey and SeaweedFS (bench.stack), W ``python -m bench.worker --gpu
+   a10g`` processes (``easel worker`` with simulated pipelines, bench/loader.py), one
+   ``easel api`` (``EASEL_SYNC_WAIT_S=20``), three API keys (the bootstrap key and two
+   from ``easel keys create``), each capped at 8 x W jobs in flight, so the backlog, and
+   so the drain, stays bounded while submits past the cap get a 429.
 2. Baseline, unloaded: 100 async submits one at a time (each canceled at once).
-3. Soak: ``loadtest`` jobs (0.5 s each, 512x512 inputs) at 1.5 x the workers' capacity,
-   from 64 client threads: async submits then long polls (``?wait=20``), sync submits,
-   submits then cancels, idempotent retries (one ``Idempotency-Key`` sent 2-3 times,
-   the first two at once), and invalid requests that must get a 400 JSON envelope.
+3. Soak: ``loadtest`` jobs (bench/configs/simulated.toml: 0.5 s each, no batching;
+   512x512 inputs) at 1.5 x the workers' capacity, from 64 client threads: async submits
+   then long polls (``?wait=20``), sync submits, submits then cancels, idempotent retries
+   (one ``Idempotency-Key`` sent 2-3 times, the first two at once), and invalid requests
+   that must get a 400 JSON envelope.
 4. Drain (at most 120 s): every accepted job must end. Audit, as tests/faults does: a
    job ended once (``done:<id>`` counts one end) with exactly its outputs in S3, or it
    is "duplicated"; ``attempts > 1`` is "re-executed". ``done:<id>`` expires 300 s after
@@ -54,7 +56,7 @@ from shared.errors import UnknownTask
 from shared.jobs import JobStore, key
 from shared.storage import Storage
 
-JOB_S = 0.5  # loadtest: default_steps x step_seconds
+JOB_S = 0.5  # loadtest: t1 of its simulated source
 OVERLOAD = 1.5
 MIX = {"async": 50, "sync": 15, "cancel": 10, "idempotent": 10, "invalid": 15}
 THREADS = 64
@@ -442,8 +444,9 @@ def run_soak(seconds: float, workers: int = 2, out: Path | None = None) -> dict[
                 "EASEL_URL_ALLOWED_PORTS": image_url.split(":")[2].split("/")[0],
                 "EASEL_DEFAULT_MAX_INFLIGHT": str(inflight),  # the bootstrap key's cap
                 "EASEL_SYNC_WAIT_S": str(WAIT_S),
+                **stack.loadtest_env(),  # for the API and the workers alike
             }
-            processes += [stack.worker(f"soak-{n}") for n in range(workers)]
+            processes += [stack.sim_worker(f"soak-{n}") for n in range(workers)]
             keys = [stack.key] + [create_key(stack, f"soak-{n}", inflight) for n in (1, 2)]
             with stack.api() as (url, api):
                 stack.wait_live(stack.settings.queue_for(stack.settings.worker_gpu), workers)
@@ -534,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seconds", type=float, default=600, help="how long to offer load")
-    parser.add_argument("--workers", type=int, default=2, help="easel worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="bench.worker processes")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("soak.json"))
     args = parser.parse_args(argv)  # fmt: skip
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -146,7 +146,7 @@ def markdown(result: dict[str, Any], overload: float) -> str:
     """The soak's tables, for docs/benchmarks.md."""
     config, counts = result["config"], result["counts"]
     lines = [
-        f"{config['seconds']:g} s, {config['workers']} loadtest workers ({config['job_s']} s "
+        f"{config['seconds']:g} s, {config['workers']} simulated workers ({config['job_s']} s "
         f"a job), {config['threads']} client threads, {config['keys']} keys (at most "
         f"{config['inflight_per_key']} jobs in flight each), {config['target_ops_per_s']} "
         f"operations/s offered = {overload} x capacity; operations run: "

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +22,9 @@ import redis
 
 from easel.dev import stop
 from easel.stack import Server, free_port, start_redis, start_s3, wait_until
-from shared.jobs import WorkerLiveness, connect_redis
-from shared.models import InferenceType
+from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.models import InferenceType, JobRecord
+from shared.registry import ModelSpec, load_registry
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -108,8 +110,15 @@ class BenchStack:
         pipelines simulated (bench/loader.py), serving SIM_REGISTRY. One torch thread: it
         only seeds generators, and warm-up imports it before the worker says it is live."""
         args = ["--gpu", "a10g", "--loglevel", "warning"]
-        env = {**sim_env(), "EASEL_TORCH_THREADS": "1", **env}
+        env = {**sim_env(), **self.env, "EASEL_TORCH_THREADS": "1", **env}  # a registry set wins
         return self.spawn(args, f"worker-{name}.log", module="bench.worker", **env)
+
+    def loadtest_env(self) -> dict[str, str]:
+        """Env for an API and bench workers serving SIM_REGISTRY's ``loadtest`` alone, so a
+        worker holds the job slots a max_batch 1 model gets (``easel worker``'s default)."""
+        spec = load_registry(SIM_REGISTRY).get("loadtest")
+        path = write_registry(self.state / "registry-loadtest.toml", {"loadtest": spec})
+        return {"EASEL_MODEL_REGISTRY": str(path)}
 
     def wait_live(self, queue: str, count: int, timeout_s: float = 180) -> None:
         """Block until ``count`` workers beat on ``queue``."""
@@ -131,6 +140,16 @@ class BenchStack:
 def sim_env() -> dict[str, str]:
     """What points a process (the API, a bench worker) at the simulated registry."""
     return {"EASEL_MODEL_REGISTRY": str(SIM_REGISTRY)}
+
+
+def write_registry(path: Path, specs: dict[str, ModelSpec]) -> Path:
+    """A registry file of these entries, by app_id (JSON's values are valid TOML)."""
+    lines = []
+    for app_id, spec in specs.items():
+        fields = spec.model_dump(mode="json", exclude={"app_id"}, exclude_defaults=True)
+        lines += [f"[{app_id}]", *(f"{name} = {json.dumps(v)}" for name, v in fields.items()), ""]
+    path.write_text("\n".join(lines))
+    return path
 
 
 def bench_queues(prefix: str) -> str:
@@ -163,6 +182,21 @@ class FakeHeartbeat:
         while not self._stop.wait(1.0):
             for queue in self.queues:
                 self.liveness.beat(queue, "bench-no-worker")
+
+
+def wait_all(store: JobStore, task_ids: list[str], timeout_s: float = 120) -> list[JobRecord]:
+    """The records of these jobs once every one has ended, in order; polls every 50 ms."""
+    deadline = time.monotonic() + timeout_s
+    records = []
+    for task_id in task_ids:  # jobs end roughly in submit order: one wait at a time
+        record = store.get(task_id)
+        while not record.status.is_terminal:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {task_id} still {record.status.value} after {timeout_s} s")
+            time.sleep(0.05)
+            record = store.get(task_id)
+        records.append(record)
+    return records
 
 
 def sample_png(width: int, height: int) -> bytes:

@@ -29,7 +29,7 @@ def measure(app_id: str, cache: Any, threads: int) -> list[dict[str, Any]]:
     from shared.models import GenerationParams
     from shared.registry import load_registry
     from worker.images import encode_png, prepare_image
-    from worker.pipelines import run_img2img
+    from worker.pipelines import BatchItem, run_img2img
     from worker.tiny_models import ensure_tiny_model
 
     ensure_tiny_model(app_id, cache.settings.model_dir)  # generate first: time only the load
@@ -45,13 +45,13 @@ def measure(app_id: str, cache: Any, threads: int) -> list[dict[str, Any]]:
             app_id=app_id, prompt="a beautiful painting", guidance_scale=7.5, batch=batch,
             strength=0.7, height=1024, width=1024,
         )  # fmt: skip
-        seeds = list(range(batch))
+        job = [BatchItem(params, image, seeds=list(range(batch)))]  # one job, batch images
         if batch == 1:
-            run_img2img(pipe, spec, image, params, seeds)  # warm-up
+            run_img2img(pipe, spec, job)  # warm-up
         times = []
         for _ in range(runs):
             started = time.perf_counter()
-            outputs = run_img2img(pipe, spec, image, params, seeds)
+            (outputs,) = run_img2img(pipe, spec, job)
             times.append(time.perf_counter() - started)
         assert outputs[0].size == (1024, 1024) and len(outputs) == batch
         rows.append({

@@ -7,8 +7,11 @@ Keys (all under ``easel:``):
                        duplicate completion, which the fault suite counts
     cancel:<id>        set when the owner cancels a job that has not ended; it expires with
                        the job's record, and goes when the job ends
-    queued:<queue>     sorted set of waiting task ids by submit time: queue positions
-    running:<queue>    sorted set of running task ids by start time: what the reaper checks
+    queued:<queue>     sorted set of waiting task ids by submit time: queue positions. A job
+                       a worker holds while it waits for the GPU (state queued, ``worker``
+                       set) is still waiting, so it keeps its place here
+    running:<queue>    sorted set of the task ids a worker holds or runs, by when it took
+                       them: what the reaper checks
     unpublished:<queue> ids recorded but not yet confirmed on the broker, by submit time: if
                        the API could neither publish nor take the record back, the reaper
                        ends the job FAILED instead of leaving it PENDING for the job TTL
@@ -32,7 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -154,14 +157,39 @@ class JobStore:
         )
 
     def start(self, task_id: str, mark: Callable[[JobRecord], bool]) -> JobRecord | None:
-        """Atomically move a job to running if ``mark`` takes it; None if it already ended,
-        was canceled, or ``mark`` declines (say, because a live worker still runs it)."""
+        """Atomically hand a job to a worker if ``mark`` takes it; None if it already ended,
+        was canceled, or ``mark`` declines (say, because a live worker still holds it)."""
 
         def take(record: JobRecord) -> bool:
             return not record.status.is_terminal and mark(record)
 
         record, taken = self._transition(task_id, take)
         return record if taken else None
+
+    def admit(self, records: list[JobRecord], mark: Callable[[JobRecord], None]) -> list[JobRecord]:
+        """Move held jobs to running in one transaction, applying ``mark`` to the records
+        given; those that ended meanwhile (canceled while they waited) are left out."""
+        return _run(partial(self._admit, records, mark))
+
+    def _admit(
+        self, records: list[JobRecord], mark: Callable[[JobRecord], None]
+    ) -> list[JobRecord]:
+        names = [key("job", r.task_id) for r in records]
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(*names)  # type: ignore[no-untyped-call]
+                    stored = pipe.mget(names)
+                    pairs = zip(records, stored, strict=True)
+                    admitted = [r for r, raw in pairs if _held_by(raw, r.worker)]
+                    pipe.multi()
+                    for record in admitted:
+                        mark(record)
+                        self._write(pipe, record)
+                    pipe.execute()
+                    return admitted
+                except redis.WatchError:
+                    continue
 
     def transition(self, task_id: str, change: Callable[[JobRecord], bool]) -> JobRecord | None:
         """Apply ``change`` atomically; the new record, or None if ``change`` declined."""
@@ -232,17 +260,27 @@ class JobStore:
                     if not change(record):
                         return record, False
                     pipe.multi()
-                    pipe.set(job, record.model_dump_json(), keepttl=True)
-                    pipe.zrem(key("queued", record.queue), task_id)
-                    if record.state is JobState.RUNNING:
-                        pipe.zadd(key("running", record.queue), {task_id: time.time()})
-                    elif record.state is JobState.QUEUED:  # put back by the reaper
-                        pipe.zrem(key("running", record.queue), task_id)
-                        pipe.zadd(key("queued", record.queue), {task_id: record.created_at})
+                    self._write(pipe, record)
                     pipe.execute()
                     return record, True
                 except redis.WatchError:
                     continue  # someone else changed it meanwhile; read it again
+
+    @staticmethod
+    def _write(pipe: Any, record: JobRecord) -> None:
+        """Queue the writes of a changed, unfinished record and of its queue indexes."""
+        task_id, queue = record.task_id, record.queue
+        pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
+        if record.state is JobState.QUEUED:  # on the broker, or held by a worker
+            pipe.zadd(key("queued", queue), {task_id: record.created_at})
+            if record.worker is None:  # put back by the reaper
+                pipe.zrem(key("running", queue), task_id)
+            else:
+                pipe.zadd(key("running", queue), {task_id: time.time()})
+        else:
+            pipe.zrem(key("queued", queue), task_id)
+            if record.state is JobState.RUNNING:
+                pipe.zadd(key("running", queue), {task_id: time.time()})
 
     def cancel_requested(self, task_id: str) -> bool:
         """Whether the owner asked to cancel this job."""
@@ -313,6 +351,15 @@ class JobStore:
         pipe.zrem(key("owner", record.owner), task_id)
         pipe.zrem(key("unpublished", record.queue), task_id)
         pipe.execute()
+
+
+def _held_by(raw: bytes | str | None, worker: str | None) -> bool:
+    """Whether a stored record still waits in ``worker``'s hands: not canceled, ended,
+    expired, or put back by the reaper (which takes it from a worker it thinks dead)."""
+    if raw is None:
+        return False
+    record = JobRecord.model_validate_json(raw)
+    return record.state is JobState.QUEUED and record.worker == worker
 
 
 class WorkerLiveness:

@@ -85,6 +85,7 @@ class Member:
     flags: list[bool] = field(default_factory=list)
     error: BaseException | None = None
     call_images: int = 0  # images in the call that ran this job, partners' included
+    admitted: bool = False  # marked running (worker/calls.py), once, before its first call
     last_progress: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -110,6 +111,10 @@ class Member:
 
 class NobodyLeft(Exception):
     """Raised from a step callback when every member of the call has ended: stop it."""
+
+
+class Dropped(Exception):
+    """Ends a member whose job ended elsewhere while it waited (canceled): write nothing."""
 
 
 Execute = Callable[[list[Member]], None]

@@ -13,16 +13,18 @@ only GPU work.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from PIL import Image
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.errors import BackendUnavailable, JobCanceled, JobError
-from shared.models import Progress, WebhookEvent
+from shared.models import JobRecord, JobState, Progress, WebhookEvent
 from shared.registry import ModelSpec
-from worker.batcher import Member, NobodyLeft
+from worker.batcher import Dropped, Member, NobodyLeft
 from worker.metrics import observe_batch, observe_gpu_idle
 from worker.pipelines import run_img2img
 from worker.safety import apply_policy, check
@@ -30,11 +32,14 @@ from worker.safety import apply_policy, check
 if TYPE_CHECKING:
     from worker.runner import WorkerContext
 
+log = logging.getLogger(__name__)
+PERSIST_FOR_S = 300  # how long a write a job needs waits for Redis to come back
 TIMED_OUT = "timed out: the job ran past its time limit"
 
 
 def execute(ctx: WorkerContext, group: list[Member]) -> None:
     """Steps 4 to 5b for one group; fills each member that is still live."""
+    group = admit(ctx, group)
     spec = group[0].spec
     # 4. The pipeline, loaded once per process.
     pipe, load_s = ctx.pipelines.get(spec)
@@ -56,6 +61,38 @@ def execute(ctx: WorkerContext, group: list[Member]) -> None:
         timings.load = round(load_s + checker_load_s, 4)
         timings.inference, timings.safety = inference_s, safety_s
         start = end
+
+
+def admit(ctx: WorkerContext, group: list[Member]) -> list[Member]:
+    """Mark the group's held jobs running, in one transaction that rides out a Redis
+    restart; a job canceled while it waited here is dropped. The members left."""
+    waiting = [m for m in group if not m.admitted]  # a split group's members already were
+    admitted = Retrying(
+        retry=retry_if_exception_type(BackendUnavailable),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(PERSIST_FOR_S),
+        before_sleep=lambda state: log.warning("Redis unreachable; retrying an admission"),
+        reraise=True,
+    )(ctx.jobs.admit, [m.record for m in waiting], mark_running)
+    taken = {id(record) for record in admitted}
+    for member in waiting:
+        if id(member.record) not in taken:
+            member.end(Dropped())
+        else:
+            member.admitted = True
+            ctx.notify(member.record, WebhookEvent.START)
+    live = [m for m in group if not m.ended]
+    if not live:
+        raise NobodyLeft
+    return live
+
+
+def mark_running(record: JobRecord) -> None:
+    """What changes when the GPU thread admits a held job into a call."""
+    record.state = JobState.RUNNING
+    record.started_at = time.time()
+    record.attempts += 1
+    record.time_required.queue = round(record.started_at - record.created_at, 4)
 
 
 def check_safety(

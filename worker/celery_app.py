@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import uuid
+from contextlib import suppress
 from typing import Any
 
 from celery import Celery, signals
@@ -90,7 +91,7 @@ class WorkerProcess:
 
     def _warm_then_beat(self) -> None:
         ctx = self.ctx
-        if self.settings.torch_threads:  # only then: a loadtest-only worker never imports torch
+        if self.settings.torch_threads:  # only then: a simulated (bench) worker never needs it
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
@@ -108,6 +109,8 @@ class WorkerProcess:
             log.exception("warm-up failed; this worker will not announce itself")
             self.warmed.set()
             return
+        with suppress(RedisError, BackendUnavailable):  # live before the first job is held
+            ctx.liveness.beat(ctx.queue, ctx.name)
         self.warmed.set()
         reaper = Reaper(ctx.jobs, self.settings, self.app.send_task)
         while True:

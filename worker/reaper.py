@@ -1,11 +1,13 @@
 """The reaper: jobs whose worker died without a word are put back on their queue, or failed.
 
-A worker that is SIGKILLed whole (or loses its machine) leaves its job marked running, and
+A worker that is SIGKILLed whole (or loses its machine) leaves its jobs marked running, or
+held (queued, waiting in that worker for the GPU, ``worker`` set), and
 Redis would hand the unacknowledged message to another worker only after the visibility
 timeout (hours). Every worker process runs the reaper from its heartbeat thread; a short Redis
 lock lets one of them sweep at a time. A job is reaped when it sits in the running index,
 its worker has stopped heartbeating, and its start is older than the staleness window:
 
+- a held job never ran: it goes back to QUEUED and its message is sent again;
 - with attempts left, it goes back to QUEUED and its message is sent again (same task id;
   the atomic start lets only one delivery run it, and a stale one finds it ended);
 - otherwise it ends FAILED: "worker lost N times".
@@ -107,9 +109,14 @@ class Reaper:
         if record.status.is_terminal:
             self.jobs.forget_running(self.queue, record.task_id)
             return False
+        if record.worker is None or record.worker in live:
+            return False
+        if record.state is JobState.QUEUED:  # held, never admitted: it has not run at all
+            record.worker = None
+            return True
         if record.state not in (JobState.RUNNING, JobState.UPLOADING):
             return False
-        if record.worker in live or (record.started_at or 0) > stale_before:
+        if (record.started_at or 0) > stale_before:
             return False
         if record.attempts >= self.settings.max_attempts:
             record.state = JobState.FAILED

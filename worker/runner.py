@@ -50,8 +50,8 @@ from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
-from worker.batcher import Batcher, Member
-from worker.calls import execute, observe
+from worker.batcher import Batcher, Dropped, Member
+from worker.calls import PERSIST_FOR_S, execute, observe
 from worker.fetch import fetch_image
 from worker.images import encode, prepare_image, preview
 from worker.metrics import observe_job
@@ -59,7 +59,6 @@ from worker.pipelines import BatchItem, PipelineCache, is_out_of_memory
 from worker.safety import SafetyCheckers
 
 log = logging.getLogger(__name__)
-PERSIST_FOR_S = 300  # how long a final write waits for Redis to come back
 
 
 @dataclass
@@ -131,9 +130,12 @@ def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
         log.info("job %s ended, was canceled or runs elsewhere; not running it", task_id)
         resend_completed(ctx, task_id)
         return None
-    if record.state is JobState.RUNNING:
-        ctx.notify(record, WebhookEvent.START)
-        run_guarded(ctx, record)
+    if record.state is JobState.QUEUED:  # held here until the GPU thread admits it
+        try:
+            run_guarded(ctx, record)
+        except Dropped:
+            log.info("job %s was canceled while it waited here; not running it", task_id)
+            return None
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
     persist(ctx.jobs.finish, record)
@@ -148,6 +150,8 @@ def run_guarded(ctx: WorkerContext, record: JobRecord) -> None:
     """Steps 3 to 7, turning every failure into the job's end state and one plain line."""
     try:
         generate(ctx, record)
+    except Dropped:
+        raise  # it ended elsewhere: nothing of ours to write
     except JobCanceled:
         record.state, record.error = JobState.CANCELED, "canceled by the client"
     except JobError as exc:
@@ -165,20 +169,24 @@ def run_guarded(ctx: WorkerContext, record: JobRecord) -> None:
 
 
 def take(ctx: WorkerContext, record: JobRecord) -> bool:
-    """Step 2's decision, inside the atomic start: run the job, fail it, or leave it be.
+    """Step 2's decision, inside the atomic start: hold the job, fail it, or leave it be.
 
-    A record still marked running is a redelivery. If the worker named on it is alive it is
-    still on the job (Redis redelivered early), so leave it. If that worker is gone, run the
-    job again, unless it has already lost ``max_attempts`` workers: then it ends FAILED
+    A record naming a worker is a redelivery. If that worker is alive it still holds or
+    runs the job (Redis redelivered early), so leave it. If it is gone, hold the job here,
+    unless it has already lost ``max_attempts`` workers while running: then it ends FAILED
     rather than take down worker after worker.
     """
-    if record.state in (JobState.RUNNING, JobState.UPLOADING):
+    if record.worker is not None:
         if record.worker in ctx.live_workers():
             return False
-        if record.attempts >= ctx.settings.max_attempts:
+        running = record.state in (JobState.RUNNING, JobState.UPLOADING)
+        if running and record.attempts >= ctx.settings.max_attempts:
             fail(record, f"worker lost {record.attempts} times while running this job")
             return True
-    mark_running(ctx, record)
+    # Held: still queued (it keeps its queue position) until the GPU thread admits it, but
+    # named as this worker's, so the reaper puts it back if this worker dies.
+    record.state, record.progress = JobState.QUEUED, None
+    record.worker, record.worker_gpu = ctx.name, ctx.settings.worker_gpu
     return True
 
 
@@ -203,15 +211,6 @@ def resend_completed(ctx: WorkerContext, task_id: str) -> None:
         record = ctx.jobs.get(task_id)
         if record.status.is_terminal and record.attempts > 0:
             ctx.notify(record, WebhookEvent.COMPLETED)
-
-
-def mark_running(ctx: WorkerContext, record: JobRecord) -> None:
-    """Step 2: what changes when a worker takes a job."""
-    record.state = JobState.RUNNING
-    record.started_at = time.time()
-    record.attempts += 1
-    record.worker, record.worker_gpu = ctx.name, ctx.settings.worker_gpu
-    record.time_required.queue = round(record.started_at - record.created_at, 4)
 
 
 def fail(record: JobRecord, reason: str) -> None:

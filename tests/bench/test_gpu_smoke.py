@@ -1,4 +1,5 @@
-"""bench/gpu.py: its smoke run covers every row, and its shipped configs are the real models."""
+"""bench/gpu.py: its smoke run covers every row, the g(b) rows through the worker's batched
+path included, and its shipped configs are the real models."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bench.gpu import BATCHES, CONFIGS, MODELS, VARIANTS, load_configs, shrink_configs
+from bench.gpu import (
+    BATCHES,
+    CONFIGS,
+    GAIN_BATCHES,
+    MODELS,
+    VARIANTS,
+    fill_gains,
+    load_configs,
+    shrink_configs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +38,7 @@ def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("gpu") / "smoke.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     subprocess.run(
-        [sys.executable, "bench/gpu.py", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(out)],
         cwd=ROOT, env=env, check=True, capture_output=True, timeout=240,
     )  # fmt: skip
     report: dict[str, Any] = json.loads(out.read_text())
@@ -45,6 +55,31 @@ def test_smoke_run_times_every_model_variant_and_batch(smoke_report: dict[str, A
         extra = 1 if row["model"] == "sd15" else 0
         assert row["denoising_steps"] == row["steps"] + extra == 2 + extra
     assert smoke_report["smoke"] is True and smoke_report["dtype"] == "float32"
+
+
+def test_smoke_run_times_one_and_two_jobs_through_the_batched_path(
+    smoke_report: dict[str, Any],
+) -> None:
+    gains = {(r["model"], r["jobs"]): r for r in smoke_report["gains"]}
+    assert set(gains) == {(m, b) for m in MODELS for b in GAIN_BATCHES[:2]}
+    for (model, jobs), row in gains.items():
+        assert "skipped" not in row, row["skipped"]
+        assert row["images"] == jobs and row["images_per_s"] > 0 and row["gain"] > 0
+        extra = 1 if model == "sd15" else 0  # PNDM's extra UNet call, as above
+        assert row["denoising_steps"] == row["steps"] + extra == 2 + extra
+        assert gains[(model, 1)]["gain"] == 1
+
+
+def test_gain_is_images_per_second_over_the_one_job_rows_per_model() -> None:
+    rows: list[dict[str, Any]] = [
+        {"model": "sd15", "jobs": 1, "images_per_s": 2.0},
+        {"model": "sd15", "jobs": 4, "images_per_s": 4.1},
+        {"model": "sd15", "jobs": 8, "skipped": "time budget of 420 s spent"},
+        {"model": "sdxl", "jobs": 2, "images_per_s": 1.0},  # no one-job row: no gain
+    ]
+    fill_gains(rows, "sd15")
+    fill_gains(rows, "sdxl")
+    assert [row.get("gain") for row in rows] == [1.0, 2.05, None, None]
 
 
 def test_smoke_compiles_the_unet_once_per_shape_and_never_while_timed(

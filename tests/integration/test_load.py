@@ -27,7 +27,7 @@ from tests.conftest import API_KEY, data_uri, png_bytes, seemingly_served, spawn
 
 pytestmark = pytest.mark.integration
 
-QUEUES = {"a10g": "loadtest.a10g", "a100": "loadtest.a100", "h100": "loadtest.h100"}
+QUEUES = {"a10g": "held.a10g", "a100": "held.a100", "h100": "held.h100"}
 HELD_POLLS = 400
 HELD_SYNC = 100
 SLOWLORIS = 256

@@ -134,7 +134,7 @@ def test_the_worker_endpoint_counts_the_job_and_its_steps(stack: Stack, job: Any
     for step in ("queue_wait", "model_load", "inference", "upload", "end_to_end"):
         assert samples[(f"easel_{step}_seconds_count", frozenset(LABELS.items()))] == 1
     inflight = [v for (name, _), v in samples.items() if name == "easel_worker_inflight"]
-    assert inflight and sum(inflight) == 0  # the job ran in a pool child and ended
+    assert inflight and sum(inflight) == 0  # the job ran and ended
 
 
 def test_the_api_endpoint_counts_the_job_queued_and_reads_queue_depth(

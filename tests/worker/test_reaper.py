@@ -64,7 +64,59 @@ def test_a_job_whose_worker_died_is_queued_again(jobs: JobStore, settings: Setti
     assert name == GENERATE_TASK
     assert options["task_id"] == job.task_id and options["queue"] == QUEUE
     assert options["args"] == [job.task_id]  # the id only: the worker reads the record
-    assert options["time_limit"] > options["soft_time_limit"]
+    assert "time_limit" not in options  # the worker enforces its model's own limit
+
+
+def held_job(jobs: JobStore, worker: str) -> JobRecord:
+    """A job a worker took off the queue and holds until its GPU thread admits it."""
+    record = job_record(str(uuid.uuid4()))
+    record.queue = QUEUE
+    jobs.create(record)
+
+    def hold(r: JobRecord) -> bool:
+        r.worker = worker
+        return True
+
+    taken = jobs.start(record.task_id, hold)
+    assert taken is not None and taken.state is JobState.QUEUED
+    return taken
+
+
+def test_a_held_job_keeps_its_queue_place_and_goes_back_when_its_worker_dies(
+    jobs: JobStore, settings: Settings
+) -> None:
+    job = held_job(jobs, "dead-holder/1")
+    assert job.task_id in jobs.running(QUEUE)  # watched by the reaper
+    position, _, _ = jobs.queue_snapshot(job, settings.worker_stale_after_s)
+    assert position is not None  # still waiting, so still counted among the waiting
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == [job.task_id]
+    record = jobs.get(job.task_id)
+    assert (record.state, record.worker, record.attempts) == (JobState.QUEUED, None, 0)
+    assert job.task_id not in jobs.running(QUEUE)
+    assert [options["args"] for _, options in sent] == [[job.task_id]]
+
+
+def test_a_held_job_of_a_live_worker_is_left_alone(jobs: JobStore, settings: Settings) -> None:
+    job = held_job(jobs, "live-holder/1")
+    WorkerLiveness(jobs.redis, settings.worker_stale_after_s).beat(QUEUE, "live-holder/1")
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == []
+    assert jobs.get(job.task_id).worker == "live-holder/1" and sent == []
+    job.state = JobState.CANCELED
+    jobs.finish(job)  # leave no held job for a later sweep, once the beat goes stale
+
+
+def test_admission_skips_a_job_canceled_while_held(jobs: JobStore) -> None:
+    kept, canceled = held_job(jobs, "w/1"), held_job(jobs, "w/1")
+    jobs.cancel(canceled.task_id)
+    admitted = jobs.admit([kept, canceled], lambda r: setattr(r, "state", JobState.RUNNING))
+    assert [r.task_id for r in admitted] == [kept.task_id]
+    assert jobs.get(kept.task_id).state is JobState.RUNNING
+    assert jobs.get(canceled.task_id).state is JobState.CANCELED
+    assert kept.task_id in jobs.running(QUEUE) and canceled.task_id not in jobs.running(QUEUE)
+    kept.state = JobState.SUCCEEDED
+    jobs.finish(kept)  # leave no running job for the next test's sweep
 
 
 def test_a_job_that_lost_its_workers_too_often_fails(jobs: JobStore, settings: Settings) -> None:

@@ -6,13 +6,14 @@ import dataclasses
 import io
 import itertools
 import json
+import threading
 import time
 import types
 import uuid
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
 from shared.jobs import JobStore, WorkerLiveness, connect_redis
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
@@ -40,6 +41,7 @@ class SentTasks(list[tuple[str, list[Any], str, dict[str, Any]]]):
 
 
 published = SentTasks()
+BATCH_PIXEL_TOLERANCE = 2  # of 255; this CPU measures 0 (see the test)
 
 
 def item(seeds: tuple[int, ...] = (1,)) -> BatchItem:
@@ -359,3 +361,92 @@ def test_a_model_without_a_checker_flags_nothing_and_times_no_check(ctx: WorkerC
     assert done is not None and done.output is not None, done and done.error
     assert done.output.Has_NSFW_Content == [False, False]
     assert done.time_required.safety is None
+
+
+def batching(ctx: WorkerContext, max_wait_ms: float = 1000, **changes: Any) -> WorkerContext:
+    """The context with tiny-sd waiting long enough for every partner a test starts."""
+    spec = ctx.registry.get("tiny-sd").model_copy(
+        update={"max_batch": 4, "max_wait_ms": max_wait_ms}
+    )
+    return dataclasses.replace(ctx, registry=Registry([spec]), **changes)
+
+
+def run_together(ctx: WorkerContext, task_ids: list[str]) -> dict[str, JobRecord | None]:
+    """run_job for each id on its own thread, as Celery's threads pool runs them."""
+    done: dict[str, JobRecord | None] = {}
+    threads = [
+        threading.Thread(target=lambda t=t: done.__setitem__(t, run_job(ctx, t)))
+        for t in task_ids
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return done
+
+
+def pixels(ctx: WorkerContext, record: JobRecord) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(ctx.storage.get(k))).convert("RGB") for k in record.image_keys]
+
+
+def test_partners_share_one_call_and_each_keeps_its_own_job(ctx: WorkerContext) -> None:
+    together = batching(ctx)
+    jobs = [queued_job(ctx, batch=b, webhook="https://hooks.example/b") for b in (1, 2, 1)]
+    done = run_together(together, [j.task_id for j in jobs])
+    for job in jobs:
+        record = done[job.task_id]
+        assert record is not None and record.status is JobStatus.SUCCESS, record
+        assert record.call_images == 4  # 1 + 2 + 1 images in one pipeline call
+        assert record.output is not None and len(record.output.Has_NSFW_Content) == job.params.batch
+        assert record.image_keys == [f"outputs/{job.task_id}/{i}.png" for i in range(job.params.batch)]
+        names = [name for name, _ in published.events(job.task_id)]
+        assert names[0] == "start" and "progress" in names and names[-1] == "completed"
+
+
+def test_a_job_batched_with_partners_matches_the_job_run_alone(ctx: WorkerContext) -> None:
+    """The README's reproducibility promise: same seed, same image, partners or not, up to
+    float rounding in a wider matmul (the bound below is what the CPU shows)."""
+    alone = queued_job(ctx, batch=2)
+    first = run_job(ctx, alone.task_id)
+    assert first is not None and first.call_images == 2
+    again = queued_job(ctx, batch=2)  # same seed (11) and params
+    others = [queued_job(ctx, batch=1) for _ in range(2)]
+    for other in others:
+        other.params.prompt, other.params.seed = "something else", 99
+        ctx.jobs.save(other)
+    done = run_together(batching(ctx), [again.task_id] + [o.task_id for o in others])
+    record = done[again.task_id]
+    assert record is not None and record.call_images == 4
+    diffs = [
+        max(high for _, high in ImageChops.difference(a, b).getextrema())
+        for a, b in zip(pixels(ctx, first), pixels(ctx, record), strict=True)
+    ]
+    print(f"largest pixel difference, batched vs alone: {max(diffs)}")
+    assert max(diffs) <= BATCH_PIXEL_TOLERANCE, diffs
+
+
+def test_a_canceled_partner_ends_at_once_and_the_others_finish(ctx: WorkerContext) -> None:
+    pipe = SlowPipe(step_s=0.2)  # 10 steps: 2 s a call
+    load = PipelineCache(ctx.settings, load=lambda s, _: pipe)
+    slow = batching(ctx, max_wait_ms=200, pipelines=load)  # the call starts within 0.3 s
+    canceled, kept = queued_job(ctx, batch=1), queued_job(ctx, batch=1)
+    threading.Timer(0.8, lambda: ctx.jobs.cancel(canceled.task_id)).start()
+    done = run_together(slow, [canceled.task_id, kept.task_id])
+    gone, finished = done[canceled.task_id], done[kept.task_id]
+    assert gone is not None and gone.state is JobState.CANCELED
+    assert finished is not None and finished.status is JobStatus.SUCCESS
+    assert finished.call_images == 2 and pipe.calls == 1  # one call, never rerun
+    assert gone.finished_at is not None and finished.finished_at is not None
+    assert finished.finished_at - gone.finished_at > 0.5  # it ended mid-call, not after
+
+
+def test_a_job_canceled_while_held_for_the_gpu_never_runs(ctx: WorkerContext) -> None:
+    """Held by a worker but not yet in a call, a job is still queued: cancel ends it there."""
+    pipe = SlowPipe(step_s=0.01)
+    load = PipelineCache(ctx.settings, load=lambda s, _: pipe)
+    held = batching(ctx, max_wait_ms=1500, pipelines=load)  # waits for partners that never come
+    job = queued_job(ctx, batch=1)
+    threading.Timer(0.5, lambda: ctx.jobs.cancel(job.task_id)).start()
+    assert run_together(held, [job.task_id]) == {job.task_id: None}
+    record = ctx.jobs.get(job.task_id)
+    assert record.state is JobState.CANCELED and record.attempts == 0 and pipe.calls == 0
