@@ -67,6 +67,8 @@ def admit(ctx: WorkerContext, group: list[Member]) -> list[Member]:
     """Mark the group's held jobs running, in one transaction that rides out a Redis
     restart; a job canceled while it waited here is dropped. The members left."""
     waiting = [m for m in group if not m.admitted]  # a split group's members already were
+    for member in waiting:  # shown while it runs; the call's final count replaces it
+        member.record.call_images = sum(m.size for m in group)
     admitted = Retrying(
         retry=retry_if_exception_type(BackendUnavailable),
         wait=wait_exponential(multiplier=0.2, max=5),

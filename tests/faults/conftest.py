@@ -95,6 +95,25 @@ class FaultStack:
             time.sleep(0.02)
         raise AssertionError("no job was seen mid-run")
 
+    def worker_batching(self, jobs: JobStore, task_ids: list[str]) -> tuple[list[JobRecord], int]:
+        """Jobs mid-run together in one pipeline call now, and their worker's process group."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            records = [jobs.get(task_id) for task_id in task_ids]
+            for record in records:
+                if record.state.value == "running" and record.progress and record.worker:
+                    # A worker runs one call at a time: its running jobs are that call's.
+                    partners = [
+                        r for r in records
+                        if r.worker == record.worker and r.state.value == "running"
+                    ]  # fmt: skip
+                    if (record.call_images or 0) >= 2 and len(partners) >= 2:
+                        pid = int(record.worker.rsplit("/", 1)[1])
+                        with contextlib.suppress(ProcessLookupError):
+                            return partners, os.getpgid(pid)
+            time.sleep(0.02)
+        raise AssertionError("no batch of two or more jobs was seen mid-run")
+
     def restart_redis(self, down_s: float = 0.0) -> None:
         port = self.redis.port
         self.redis.stop()  # SIGTERM: Valkey flushes its append-only file and exits

@@ -60,6 +60,22 @@ def test_kill_9_a_worker_mid_job_then_restart_it(fault_stack: FaultStack) -> Non
     fault_stack.wait_live_workers(2)
 
 
+def test_kill_9_a_worker_mid_batch_redelivers_every_member(fault_stack: FaultStack) -> None:
+    """tiny-sd batches up to 4 images a call: a worker killed mid-call had every member
+    running (and more held); each one must run again elsewhere, none lost, none twice."""
+    task_ids = submit_many(fault_stack, 40)
+    members, group = fault_stack.worker_batching(fault_stack.jobs(), task_ids)
+    killed = next(w for w in fault_stack.workers if w.pid == group)
+    stop_group(killed, signal.SIGKILL)
+    fault_stack.workers.remove(killed)
+    fault_stack.start_worker()
+    tally = settle(fault_stack, "kill-9-worker-mid-batch", task_ids, BOUND_S)
+    assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
+    again = [fault_stack.jobs().get(m.task_id) for m in members]
+    assert all(r.attempts >= 2 and r.worker != members[0].worker for r in again), again
+    fault_stack.wait_live_workers(2)
+
+
 def test_sigterm_a_worker_mid_job_finishes_that_job(fault_stack: FaultStack) -> None:
     task_ids = submit_many(fault_stack, 12)
     victim, group = fault_stack.worker_running(fault_stack.jobs(), task_ids)

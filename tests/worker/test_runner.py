@@ -375,8 +375,7 @@ def run_together(ctx: WorkerContext, task_ids: list[str]) -> dict[str, JobRecord
     """run_job for each id on its own thread, as Celery's threads pool runs them."""
     done: dict[str, JobRecord | None] = {}
     threads = [
-        threading.Thread(target=lambda t=t: done.__setitem__(t, run_job(ctx, t)))
-        for t in task_ids
+        threading.Thread(target=lambda t=t: done.__setitem__(t, run_job(ctx, t))) for t in task_ids
     ]
     for thread in threads:
         thread.start()
@@ -394,11 +393,11 @@ def test_partners_share_one_call_and_each_keeps_its_own_job(ctx: WorkerContext) 
     jobs = [queued_job(ctx, batch=b, webhook="https://hooks.example/b") for b in (1, 2, 1)]
     done = run_together(together, [j.task_id for j in jobs])
     for job in jobs:
-        record = done[job.task_id]
+        record, batch = done[job.task_id], job.params.batch
         assert record is not None and record.status is JobStatus.SUCCESS, record
         assert record.call_images == 4  # 1 + 2 + 1 images in one pipeline call
-        assert record.output is not None and len(record.output.Has_NSFW_Content) == job.params.batch
-        assert record.image_keys == [f"outputs/{job.task_id}/{i}.png" for i in range(job.params.batch)]
+        assert record.output is not None and len(record.output.Has_NSFW_Content) == batch
+        assert record.image_keys == [f"outputs/{job.task_id}/{i}.png" for i in range(batch)]
         names = [name for name, _ in published.events(job.task_id)]
         assert names[0] == "start" and "progress" in names and names[-1] == "completed"
 
