@@ -1,5 +1,5 @@
 """The light worker-side processes stay light: neither the webhook deliverer, the readiness
-probe nor a loadtest job loads torch, diffusers or Flask, so they need no GPU image."""
+probe nor the worker's modules at import load torch, diffusers or Flask."""
 
 from __future__ import annotations
 
@@ -22,19 +22,9 @@ LIGHT = {
     "create_webhook_celery(Settings(webhook_secret='whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3'))",
     "ready probe": "import worker.ready",
     "reaper": "import worker.reaper",
-    # A loadtest job's own path, with the worker's modules loaded: the BENCHMARK backend
-    # must measure Easel, so a loadtest-only worker never maps torch (bench section 3).
-    "loadtest job": "import worker.celery_app, worker.runner\n"
-    "from shared.models import GenerationParams\n"
-    "from shared.registry import load_registry\n"
-    "from worker.images import encode_png, prepare_image\n"
-    "from worker.loadtest import run_loadtest\n"
-    "from tests.conftest import png_bytes\n"
-    "spec = load_registry().get('loadtest')\n"
-    "params = GenerationParams(app_id='loadtest', prompt='p', guidance_scale=7.5, batch=2,\n"
-    "    strength=0.7, height=512, width=512)\n"
-    "prepare_image(png_bytes(), spec.family, 512, 512)\n"
-    "assert len([encode_png(i) for i in run_loadtest(spec, params, [1, 2])]) == 2",
+    # The worker's own modules import torch only inside the functions that run a model,
+    # so importing them (Celery's main process, the batcher, a bench worker) stays light.
+    "worker modules": "import worker.celery_app, worker.runner, worker.batcher, worker.calls",
 }
 
 

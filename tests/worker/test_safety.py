@@ -19,7 +19,6 @@ from worker.safety import (
     SafetyCheckers,
     apply_policy,
     check,
-    checker_source,
     load_checker,
 )
 from worker.tiny_models import ensure_tiny_model
@@ -89,12 +88,11 @@ def test_checkers_load_once_per_source_and_are_shared(settings: Settings) -> Non
     assert checkers.loaded() == ["a/checker", "b/checker"]
 
 
-def test_the_tiny_models_use_the_tiny_checker_and_loadtest_none() -> None:
+def test_the_tiny_models_use_the_tiny_checker() -> None:
     registry = load_registry()
-    assert checker_source(registry.get("tiny-sd")) == TINY
-    assert checker_source(registry.get("tiny-sdxl")) == TINY
-    assert checker_source(registry.get("sd15")) == "CompVis/stable-diffusion-safety-checker"
-    assert checker_source(registry.get("loadtest")) is None
+    assert registry.get("tiny-sd").safety_checker == TINY
+    assert registry.get("tiny-sdxl").safety_checker == TINY
+    assert registry.get("sd15").safety_checker == "CompVis/stable-diffusion-safety-checker"
 
 
 @pytest.mark.parametrize(("threshold", "expected"), [(-1.0, True), (2.0, False)])
