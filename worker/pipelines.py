@@ -227,7 +227,7 @@ def load_pipeline(spec: ModelSpec, settings: Settings) -> Any:
 # anyway. So run_img2img serves under the "eager_on_recompile" stance: warmed shapes run
 # compiled, any other shape (or guidance_scale <= 1, which halves the UNet batch) runs the
 # plain UNet instead of compiling.
-WARM_BATCHES = (1, 2, 3, 4)  # GenerationParams.batch's range
+WARM_BATCHES = (1, 2, 3, 4)  # GenerationParams.batch's range; max_batch may add more
 WARM_STEPS = 3  # shapes do not depend on steps; 3 UNet calls also record CUDA graphs
 
 
@@ -252,17 +252,19 @@ def apply_speed_settings(pipe: Any, spec: ModelSpec, device: str) -> Any:
 def compile_unet(
     pipe: Any, spec: ModelSpec, backend: str | Callable[..., Any] = "inductor"
 ) -> None:
-    """Compile the UNet with static shapes and warm every ``compile_sizes`` x batch 1-4."""
+    """Compile the UNet with static shapes and warm every ``compile_sizes`` x every batch a
+    call may hold: 1-4 (one request), up to ``max_batch`` (partners)."""
     import torch
 
-    graphs = len(spec.compile_sizes) * len(WARM_BATCHES)
+    batches = sorted({*WARM_BATCHES, *range(1, spec.max_batch + 1)})
+    graphs = len(spec.compile_sizes) * len(batches)
     config = torch._dynamo.config  # one graph per shape; twice that leaves headroom
     config.cache_size_limit = max(config.cache_size_limit, 2 * graphs)
     mode = {"mode": spec.compile_mode} if backend == "inductor" else {}
     pipe.unet = torch.compile(pipe.unet, backend=backend, fullgraph=True, dynamic=False, **mode)
     for width, height in spec.compile_sizes:
         image = Image.new("RGB", (width, height), (127, 127, 127))
-        for batch in WARM_BATCHES:
+        for batch in batches:
             with torch.inference_mode():
                 pipe(
                     prompt="warm-up",
