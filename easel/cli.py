@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import subprocess
 import sys
+import time
+from typing import Any
 
 from easel.keys import add_key_commands, run_key_command
 from easel.submit import JOB_COMMANDS, add_job_commands, run_job_command
@@ -92,9 +96,32 @@ def run_api(bind: str, workers: int, connections: int) -> None:
 
 
 def run_worker(gpu: InferenceType, concurrency: int | None, loglevel: str) -> None:
-    """Consume only this GPU class's queue: one process, a thread per job in flight."""
-    from shared.settings import Settings
-    from worker.celery_app import create_celery, worker_main
+    """Consume only this GPU class's queue: a Celery worker (one process, a thread per job
+    in flight), restarted by this process whenever it dies on its own.
 
-    settings = Settings(worker_gpu=gpu)
-    worker_main(create_celery(settings), settings, concurrency, loglevel)
+    Celery's prefork pool replaced a dead child itself; the threads pool has no child to
+    replace, so a worker that exits unasked (an unrecoverable broker error, or a pipeline
+    call hung past its jobs' limits: worker/celery_app.py) is started again here. Its held
+    and running jobs go back to the queue through the reaper, as from any lost worker.
+    SIGTERM and SIGINT pass to the worker for Celery's warm shutdown, and end this loop.
+    """
+    argv = [sys.executable, "-m", "worker.main", "--gpu", gpu.value, "--loglevel", loglevel]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    stopping: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        if child is not None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        child = subprocess.Popen(argv)
+        code = child.wait()
+        if stopping or code == 0:
+            sys.exit(code)
+        print(f"easel worker: the worker exited with {code}; starting it again", file=sys.stderr)
+        time.sleep(1)  # never a tight loop
