@@ -11,13 +11,12 @@ all of them.
 
 throughput = jobs / (last finish - first start); efficiency = throughput / (K x the
 K = 1 throughput of the same run). Spread: jobs per worker, and the longest time a
-worker sat between jobs while some job waited on the queue all along (with prefetch 1,
-a worker holds only the jobs it has threads for, so this stays near the pickup latency).
+worker's GPU thread sat between calls (the loader's call log) while some job had arrived
+that no call had taken yet.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import threading
@@ -27,17 +26,20 @@ from typing import Any
 
 import httpx
 
+from bench.batching_report import idle_gaps
+from bench.loader import read_call_log
 from bench.procs import children, cpu_s
 from bench.report import Row, median, ms
 from bench.stack import BenchStack, bench_queues, data_uri, sample_png, wait_all
 from shared.jobs import JobStore
-from shared.models import JobRecord, JobStatus
+from shared.models import JobStatus
 
 KS = (1, 2, 4, 8, 16)
 JOBS_PER_WORKER = 10
 SUBMITTERS = 4
 EFFICIENCY_TARGET, IDLE_TARGET_S = 0.9, 0.1
 PREFIX = "easel.bench.scale"
+CALL_LOG = "calls-scaling.jsonl"  # the loader's, in the stack's state folder
 
 
 def submit_all(url: str, headers: dict[str, str], count: int) -> list[str]:
@@ -68,23 +70,6 @@ def submit_all(url: str, headers: dict[str, str], count: int) -> list[str]:
     return ids
 
 
-def idle_while_queued(records: list[JobRecord]) -> float:
-    """The longest gap between two jobs of one worker during which another job waited."""
-    by_worker: dict[str, list[JobRecord]] = {}
-    for record in records:
-        by_worker.setdefault(str(record.worker), []).append(record)
-    worst = 0.0
-    for jobs in by_worker.values():
-        jobs.sort(key=lambda r: r.started_at or 0)
-        for before, after in itertools.pairwise(jobs):
-            gap_start, gap_end = before.finished_at or 0, after.started_at or 0
-            waited = any(r.created_at <= gap_start and (r.started_at or 0) >= gap_end
-                         for r in records if r is not after)  # fmt: skip
-            if waited:
-                worst = max(worst, gap_end - gap_start)
-    return worst
-
-
 def cpu_seconds(roots: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each role's processes and their children."""
     used: dict[str, float] = {}
@@ -103,9 +88,10 @@ def measure_round(
 ) -> dict[str, Any]:
     """One round with k workers live; also where the machine's CPU went meanwhile."""
     store = JobStore(stack.redis, stack.settings.job_ttl_s)
-    cpu_before, wall_before = cpu_seconds(roots), time.monotonic()
+    cpu_before, wall_before, began = cpu_seconds(roots), time.monotonic(), time.time()
     ids = submit_all(url, stack.headers, jobs or JOBS_PER_WORKER * k)
     records = wait_all(store, ids, 120)
+    calls = read_call_log(stack.state / CALL_LOG, began, time.time())
     cpu_after, wall = cpu_seconds(roots), time.monotonic() - wall_before
     cores = {role: round((cpu_after[role] - cpu_before[role]) / wall, 2) for role in roots}
     failed = [r for r in records if r.status is not JobStatus.SUCCESS]
@@ -125,14 +111,15 @@ def measure_round(
             median([(r.finished_at or 0) - (r.started_at or 0) for r in records]), 4
         ),
         "queue_s_median": round(median([r.time_required.queue or 0 for r in records]), 4),
-        "max_idle_while_queued_s": round(idle_while_queued(records), 4),
+        "max_idle_while_queued_s": round(max(idle_gaps(calls, records), default=0.0), 4),
         "cores_used": cores,
     }
 
 
 def run(stack: BenchStack) -> tuple[list[Row], dict[str, Any]]:
     """All rounds; rows for the table."""
-    env = {"EASEL_QUEUES": bench_queues(PREFIX), **stack.loadtest_env()}
+    env = {"EASEL_QUEUES": bench_queues(PREFIX), **stack.loadtest_env(),
+           "BENCH_CALL_LOG": str(stack.state / CALL_LOG)}  # fmt: skip
     queue = stack.settings_with(**env).queue_for(stack.settings.worker_gpu)
     workers: list[subprocess.Popen[bytes]] = []
     rounds = []

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from contextlib import suppress
 from typing import Any
@@ -82,12 +83,13 @@ class WorkerProcess:
         threading.Thread(target=self._warm_then_beat, name="easel-heartbeat", daemon=True).start()
 
     def stop(self) -> None:
-        """Stop beating and leave the live set."""
+        """Stop beating, leave the live set, and make sure the process ends."""
         self._stop.set()
         try:
             self.ctx.liveness.leave(self.ctx.queue, self.ctx.name)
-        except RedisError:
+        except (RedisError, BackendUnavailable):
             log.warning("could not leave the live set; the entry expires by itself")
+        threading.Thread(target=_exit_if_still_here, name="easel-exit", daemon=True).start()
 
     def _warm_then_beat(self) -> None:
         ctx = self.ctx
@@ -131,6 +133,19 @@ class WorkerProcess:
             log.critical("a pipeline call hung %.0f s past its jobs' limits; exiting", stuck_s)
             logging.shutdown()
             os._exit(HUNG_EXIT_CODE)
+
+
+EXIT_GRACE_S = 30.0
+
+
+def _exit_if_still_here() -> None:
+    """Celery sends worker_shutdown once its jobs are done. After an unrecoverable broker
+    error its teardown can hang on the dead connection (kombu's Redis transport, seen in
+    the fault suite), and a hung worker is one ``easel worker`` cannot restart: end it."""
+    time.sleep(EXIT_GRACE_S)
+    log.critical("still here %.0f s after shutdown began; exiting", EXIT_GRACE_S)
+    logging.shutdown()
+    os._exit(1)
 
 
 def create_celery(settings: Settings | None = None, load: Loader | None = None) -> Celery:

@@ -134,7 +134,7 @@ def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
         try:
             run_guarded(ctx, record)
         except Dropped:
-            log.info("job %s was canceled while it waited here; not running it", task_id)
+            log.info("job %s was canceled or taken back while it waited; not running it", task_id)
             return None
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
