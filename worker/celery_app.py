@@ -89,7 +89,7 @@ class WorkerProcess:
             self.ctx.liveness.leave(self.ctx.queue, self.ctx.name)
         except (RedisError, BackendUnavailable):
             log.warning("could not leave the live set; the entry expires by itself")
-        threading.Thread(target=_exit_if_still_here, name="easel-exit", daemon=True).start()
+        arm_exit()
 
     def _warm_then_beat(self) -> None:
         ctx = self.ctx
@@ -138,14 +138,35 @@ class WorkerProcess:
 EXIT_GRACE_S = 30.0
 
 
-def _exit_if_still_here() -> None:
-    """Celery sends worker_shutdown once its jobs are done. After an unrecoverable broker
-    error its teardown can hang on the dead connection (kombu's Redis transport, seen in
-    the fault suite), and a hung worker is one ``easel worker`` cannot restart: end it."""
-    time.sleep(EXIT_GRACE_S)
-    log.critical("still here %.0f s after shutdown began; exiting", EXIT_GRACE_S)
-    logging.shutdown()
-    os._exit(1)
+def arm_exit(grace_s: float = EXIT_GRACE_S) -> None:
+    """End this process ``grace_s`` from now unless it has ended by itself.
+
+    After an unrecoverable broker error Celery's teardown can hang on the dead connection
+    (kombu's Redis transport under the threads pool, seen in the fault suite: the Redis
+    restart run), and a hung worker is one ``easel worker`` cannot restart.
+    """
+
+    def exit_if_still_here() -> None:
+        time.sleep(grace_s)
+        log.critical("still here %.0f s after the worker began to stop; exiting", grace_s)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=exit_if_still_here, name="easel-exit", daemon=True).start()
+
+
+def failing_stop_exits(app: Celery) -> None:
+    """Arm ``arm_exit`` whenever Celery stops the worker with a failure code (its
+    "Unrecoverable error" path), before its teardown gets the chance to hang."""
+    base: Any = app.Worker
+
+    class Worker(base):  # type: ignore[misc]
+        def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
+            if exitcode not in (None, 0):
+                arm_exit()
+            super().stop(in_sighandler=in_sighandler, exitcode=exitcode)
+
+    app.Worker = Worker
 
 
 def create_celery(settings: Settings | None = None, load: Loader | None = None) -> Celery:
@@ -157,6 +178,7 @@ def create_celery(settings: Settings | None = None, load: Loader | None = None) 
     # that loses Redis rides it out instead (its final write retries for 5 minutes).
     app.conf.worker_cancel_long_running_tasks_on_connection_loss = False
     process = WorkerProcess(settings, app, load)
+    failing_stop_exits(app)
 
     def generate(task_id: str, *_earlier: Any) -> None:
         """Run one image-to-image job, reading its parameters from its record; the record
