@@ -101,7 +101,8 @@ def run_worker(gpu: InferenceType, concurrency: int | None, loglevel: str) -> No
 
     Celery's prefork pool replaced a dead child itself; the threads pool has no child to
     replace, so a worker that exits unasked (an unrecoverable broker error, or a pipeline
-    call hung past its jobs' limits: worker/celery_app.py) is started again here. Its held
+    call hung past its jobs' limits: worker/celery_app.py) is started again here, whatever
+    its exit code (Celery exits 0 after an unrecoverable broker error). Its held
     and running jobs go back to the queue through the reaper, as from any lost worker.
     SIGTERM and SIGINT pass to the worker for Celery's warm shutdown, and end this loop.
     """
@@ -118,10 +119,15 @@ def run_worker(gpu: InferenceType, concurrency: int | None, loglevel: str) -> No
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    quick_exits = 0
     while True:
+        started = time.monotonic()
         child = subprocess.Popen(argv)
         code = child.wait()
-        if stopping or code == 0:
+        if stopping:
             sys.exit(code)
-        print(f"easel worker: the worker exited with {code}; starting it again", file=sys.stderr)
-        time.sleep(1)  # never a tight loop
+        # Celery may exit 0 even after an unrecoverable error: only a signal means stop.
+        quick_exits = quick_exits + 1 if time.monotonic() - started < 60 else 0
+        pause_s = min(30, 2 ** max(0, quick_exits - 1))  # a worker that cannot start backs off
+        print(f"easel worker: the worker exited ({code}); again in {pause_s} s", file=sys.stderr)
+        time.sleep(pause_s)
