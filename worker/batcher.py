@@ -4,10 +4,12 @@ A worker runs each job on its own thread of Celery's threads pool, from its mess
 ack (worker/runner.py). That thread fetches and fits the job's input, hands the job to the
 ``Batcher`` and blocks; the batcher's one GPU thread takes waiting jobs in arrival order,
 groups those whose pipeline call would be the same (``batch_key``) up to the model's
-``max_batch`` images, waits at most ``max_wait_ms`` for partners when the group is not full,
-and runs the group in one call. Each job's thread then encodes and uploads its own images
-and writes its own record, while the GPU runs the next group: fetching, decoding, encoding
-and uploading overlap the GPU's work instead of standing between its calls.
+``max_batch`` images, waits at most ``max_wait_ms`` for partners when the group is not full
+and another job of this worker is still fetching its input (a partner can only come from
+there: with none on its way, a lone job runs at once), and runs the group in one call.
+Each job's thread then encodes and uploads its own images and writes its own record, while
+the GPU runs the next group: fetching, decoding, encoding and uploading overlap the GPU's
+work instead of standing between its calls.
 
 Every job keeps its own record, progress, cancel, time limit and webhooks: the step callback
 checks each member, and a member canceled (or past its time limit) ends at once while its
@@ -31,7 +33,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -144,6 +147,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._last_end: float | None = None
         self._call_deadline: float | None = None
+        self._arriving = 0  # jobs of this worker still fetching: the only partners to come
 
     def run(self, member: Member) -> Member:
         """Queue one job and block until it ended; raises what ended it, if not success."""
@@ -157,6 +161,18 @@ class Batcher:
         if member.error is not None:
             raise member.error
         return member
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a job on its way here (fetching its input): worth waiting for."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
 
     def stuck_for(self, now: float | None = None) -> float:
         """Seconds the running call is past every member's time limit plus a grace (0: not)."""
@@ -195,7 +211,8 @@ class Batcher:
             while True:
                 group = self._compatible(head, capacity)
                 left = wait_until - time.monotonic()
-                if sum(m.size for m in group) >= capacity or left <= 0:
+                full = sum(m.size for m in group) >= capacity
+                if full or left <= 0 or not self._arriving:  # no partner on its way: go
                     break
                 self._cond.wait(timeout=left)
             for member in group:

@@ -227,15 +227,16 @@ def generate(ctx: WorkerContext, record: JobRecord) -> None:
     limit_s = spec.time_limit_s or ctx.settings.job_soft_time_limit_s
     deadline = time.monotonic() + limit_s
 
-    # 3. Get the input image and fit it.
-    if params.image_url is None:
-        data = read_inline_input(ctx, record.task_id)
-    else:
-        settings = ctx.settings
-        data = fetch_image(
-            ctx.http, params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s
-        )
-    image = prepare_image(data, spec.family, params.width, params.height)
+    # 3. Get the input image and fit it; the GPU thread may wait for it as a partner.
+    with ctx.batcher.arriving():
+        if params.image_url is None:
+            data = read_inline_input(ctx, record.task_id)
+        else:
+            settings = ctx.settings
+            data = fetch_image(
+                ctx.http, params.image_url, settings.image_max_bytes, settings.image_fetch_timeout_s
+            )
+        image = prepare_image(data, spec.family, params.width, params.height)
 
     # 4-5b. The GPU thread runs it, with partners, one seed per image; a blurred or
     # blocked image is never stored.

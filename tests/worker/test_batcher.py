@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import pytest
 from PIL import Image
@@ -50,17 +51,22 @@ class Recorder:
 
 
 def run_all(batcher: Batcher, members: list[Member]) -> dict[Member, BaseException | None]:
-    """Each member on its own thread, as Celery's threads pool runs jobs."""
+    """Each member on its own thread, as Celery's threads pool runs jobs; every one counts
+    as arriving (fetching its input) from the start until it reaches the batcher."""
     outcome: dict[Member, BaseException | None] = {}
+    marks = [batcher.arriving() for _ in members]
+    for mark in marks:
+        mark.__enter__()
 
-    def one(m: Member) -> None:
+    def one(m: Member, mark: AbstractContextManager[None]) -> None:
+        mark.__exit__(None, None, None)
         try:
             batcher.run(m)
             outcome[m] = None
         except Exception as exc:  # noqa: BLE001 - the test reads which job got which error
             outcome[m] = exc
 
-    threads = [threading.Thread(target=one, args=(m,)) for m in members]
+    threads = [threading.Thread(target=one, args=pair) for pair in zip(members, marks, strict=True)]
     for thread in threads:
         thread.start()
         time.sleep(0.002)  # arrival order is submission order
@@ -131,18 +137,27 @@ def test_strengths_that_start_at_the_same_step_are_compatible() -> None:
     assert same != batch_key(TINY, member(TINY, strength=0.8).record.params, (64, 64))
 
 
-def test_a_lone_job_waits_at_most_max_wait_ms_for_a_partner() -> None:
+def test_a_lone_job_waits_at_most_max_wait_ms_for_a_partner_on_its_way() -> None:
     recorder = Recorder()
     batcher = Batcher(recorder, is_out_of_memory)
     lone = member(spec(max_batch=4, max_wait_ms=150))
     started = time.monotonic()
-    batcher.run(lone)
+    with batcher.arriving():  # a partner is fetching, and never comes
+        batcher.run(lone)
     waited = time.monotonic() - started
     assert 0.14 <= waited < 2.0, waited
     no_wait = member(spec(max_batch=4, max_wait_ms=0))
     started = time.monotonic()
-    batcher.run(no_wait)
+    with batcher.arriving():
+        batcher.run(no_wait)
     assert time.monotonic() - started < 0.14
+
+
+def test_a_lone_job_with_no_partner_on_its_way_runs_at_once() -> None:
+    batcher = Batcher(Recorder(), is_out_of_memory)
+    started = time.monotonic()
+    batcher.run(member(spec(max_batch=4, max_wait_ms=1000)))
+    assert time.monotonic() - started < 0.5  # not the 1 s max_wait_ms
 
 
 def test_a_failed_call_reruns_each_member_alone_so_partners_succeed() -> None:

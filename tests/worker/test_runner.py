@@ -377,8 +377,10 @@ def run_together(ctx: WorkerContext, task_ids: list[str]) -> dict[str, JobRecord
     threads = [
         threading.Thread(target=lambda t=t: done.__setitem__(t, run_job(ctx, t))) for t in task_ids
     ]
-    for thread in threads:
-        thread.start()
+    with ctx.batcher.arriving():  # until every thread is under way, as a busy queue is
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
     for thread in threads:
         thread.join(timeout=120)
     return done
@@ -443,9 +445,10 @@ def test_a_job_canceled_while_held_for_the_gpu_never_runs(ctx: WorkerContext) ->
     """Held by a worker but not yet in a call, a job is still queued: cancel ends it there."""
     pipe = SlowPipe(step_s=0.01)
     load = PipelineCache(ctx.settings, load=lambda s, _: pipe)
-    held = batching(ctx, max_wait_ms=1500, pipelines=load)  # waits for partners that never come
+    held = batching(ctx, max_wait_ms=1500, pipelines=load)
     job = queued_job(ctx, batch=1)
     threading.Timer(0.5, lambda: ctx.jobs.cancel(job.task_id)).start()
-    assert run_together(held, [job.task_id]) == {job.task_id: None}
+    with held.batcher.arriving():  # a partner on its way, which never comes
+        assert run_together(held, [job.task_id]) == {job.task_id: None}
     record = ctx.jobs.get(job.task_id)
     assert record.state is JobState.CANCELED and record.attempts == 0 and pipe.calls == 0
