@@ -126,7 +126,6 @@ def profile_rows(
     name = f"{variant} (max_batch {spec.max_batch}, g = {g_max:g})"
     sat, base_sat = mine["saturation"], base["saturation"]
     wanted = G1_SHARE * g_max * base_sat["capacity_jps"]
-    single, mixed = mine["85 %"]["realised_gain"], mine["85 % mixed"]["realised_gain"]
     gap, base_gap = sat["idle_gap_median_s"], base_sat["idle_gap_median_s"]
     ratio = sat["capacity_jps"] / base_sat["capacity_jps"]
     return [
@@ -143,10 +142,25 @@ def profile_rows(
         Row(SECTION, f"  at 110 %: {figures(mine['110 %'])}", ms(mine["110 %"]["p95_s"]),
             f"batch-1 p95 {ms(base['110 %']['p95_s'])}, "
             f"{base['110 %']['throughput_jps']:.2f} jobs/s", "", None),
-        Row(SECTION, f"  G3 85 %, 12 buckets: calls {histogram(mine['85 % mixed']['batch_sizes'])}",
-            f"realised gain {mixed:.3f}", f"1 bucket {single:.3f}",
-            f">= {G3_SHARE} x 1 bucket", mixed >= G3_SHARE * single),
+        *g3_rows(mine, base_sat),
         Row(SECTION, "  median GPU idle gap while a job waited (backlog)",
             "-" if gap is None else ms(gap), "-" if base_gap is None else f"batch-1 {ms(base_gap)}",
             f"<= {GAP_TARGET_S * 1000:.0f} ms", None if gap is None else gap <= GAP_TARGET_S),
+    ]  # fmt: skip
+
+
+def g3_rows(mine: dict[str, Any], base_sat: dict[str, Any]) -> list[Row]:
+    """G3 at 85 % (issue 12's), then on the backlogs (informative: batches form there)."""
+    single, mixed = mine["85 %"]["realised_gain"], mine["85 % mixed"]["realised_gain"]
+    sat, mixed_sat = mine["saturation"], mine["saturation mixed"]
+    one = sat["capacity_jps"] / base_sat["capacity_jps"]
+    twelve = mixed_sat["capacity_jps"] / base_sat["capacity_jps"]
+    return [
+        Row(SECTION, f"  G3 85 %, 12 buckets: calls {histogram(mine['85 % mixed']['batch_sizes'])}",
+            f"realised gain {mixed:.3f}", f"1 bucket {single:.3f}",
+            f">= {G3_SHARE} x 1 bucket", mixed >= G3_SHARE * single),
+        Row(SECTION, "  G3 backlog, 12 buckets (informative; gain = capacity / batch-1's): "
+            f"calls {histogram(mixed_sat['batch_sizes'])}",
+            f"gain {twelve:.2f}x ({mixed_sat['capacity_jps']:.2f} jobs/s)",
+            f"1 bucket {one:.2f}x", f">= {G3_SHARE} x 1 bucket", twelve >= G3_SHARE * one),
     ]  # fmt: skip

@@ -7,9 +7,15 @@ from typing import Any
 
 import pytest
 
-from bench.batching_report import RoundData, capacity, histogram, idle_gaps, summarize
+from bench.batching import BUCKETS, buckets
+from bench.batching_report import RoundData, capacity, histogram, idle_gaps, rows_for, summarize
+from bench.report import Row
+from bench.stack import SIM_REGISTRY
 from shared.models import JobRecord, JobState
+from shared.registry import load_registry
 from tests.conftest import job_record
+
+BASELINE, PROFILE = "sim-batch1", "sim-a100-sd15-eager"  # t1 0.4 s; g(4) 2.04, g(8) 2.25
 
 
 def call(pid: int, start: float, end: float, rows: int) -> dict[str, Any]:
@@ -57,3 +63,48 @@ def test_a_round_with_a_failed_job_is_refused() -> None:
     record.state, record.finished_at = JobState.FAILED, record.created_at
     with pytest.raises(RuntimeError, match="did not succeed"):
         summarize(RoundData("50 %", "v", 1.0, [record], []), t1=0.4)
+
+
+def backlog(name: str, variant: str, rows: int, seconds: float, calls: int = 5) -> RoundData:
+    """A round of ``calls`` back-to-back calls of ``rows`` rows on one worker."""
+    now = time.time()
+    log = [call(1, now + n * seconds, now + (n + 1) * seconds, rows) for n in range(calls)]
+    records = [done(now, c["end"]) for c in log for _ in range(rows)]
+    offered = 0.0 if name.startswith("saturation") else 1.0
+    return RoundData(name, variant, offered, records, log)
+
+
+def table(mixed_rows: int, mixed_gain: float) -> list[Row]:
+    """The rows for a baseline and PROFILE whose 12-bucket backlog ran calls of this size."""
+    loads = ("50 %", "85 %", "110 %")
+    base = [backlog("saturation", BASELINE, 1, 0.4), *(backlog(n, BASELINE, 1, 0.4) for n in loads)]
+    mine = [backlog("saturation", PROFILE, 8, 8 * 0.4 / 2.25),
+            backlog("saturation mixed", PROFILE, mixed_rows, mixed_rows * 0.4 / mixed_gain),
+            *(backlog(n, PROFILE, 1, 0.4) for n in (*loads, "85 % mixed"))]  # fmt: skip
+    registry = load_registry(SIM_REGISTRY)
+    specs = {name: registry.get(name) for name in (BASELINE, PROFILE)}
+    return rows_for({BASELINE: base, PROFILE: mine}, specs, BASELINE)[0]
+
+
+def g3_backlog(rows: list[Row]) -> Row:
+    return next(row for row in rows if row.metric.startswith("  G3 backlog"))
+
+
+def test_g3_on_the_backlog_sets_12_buckets_gain_against_one_buckets() -> None:
+    rows = table(mixed_rows=4, mixed_gain=2.04)
+    row = g3_backlog(rows)
+    assert row.metric.endswith("calls 4x5")  # the 12-bucket backlog's batch sizes
+    assert (row.value, row.baseline) == ("gain 2.04x (5.10 jobs/s)", "1 bucket 2.25x")
+    assert (row.target, row.verdict) == (">= 0.7 x 1 bucket", "met")
+    assert any(r.metric.startswith("  G3 85 %, 12 buckets") for r in rows)  # the issue's G3 stays
+
+
+def test_g3_on_the_backlog_is_missed_when_12_buckets_run_alone() -> None:
+    row = g3_backlog(table(mixed_rows=1, mixed_gain=1.0))
+    assert (row.value, row.verdict) == ("gain 1.00x (2.50 jobs/s)", "MISSED")
+
+
+def test_mixed_rounds_draw_guidance_from_the_12_buckets_the_same_each_run() -> None:
+    drawn = buckets(200)
+    assert drawn == buckets(200)
+    assert set(drawn) == set(BUCKETS) and len(BUCKETS) == 12
