@@ -35,7 +35,7 @@ from shared.settings import Settings
 from shared.webhooks import WebhookPublisher, message_id
 from tests.conftest import WEBHOOK_SECRET, job_record, serve, settings_from, spawn
 from tests.integration.test_generation import poll, submit
-from tests.integration.test_job_control import SLOW
+from tests.integration.test_job_control import SLOW, watch
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +184,9 @@ def test_a_hanging_receiver_holds_up_neither_job_nor_cancel(
     hook = {"webhook": f"{base}/hang", "inference_type": "h100"}
     first = submit(client, celery=True, **hook).json()["task_id"]
     blocker = submit(client, **{**SLOW, **hook}).json()["task_id"]
+    # On the GPU before the next arrives: a worker runs jobs in the order their inputs are
+    # ready, and the blocker's large one takes longest.
+    watch(client, blocker, lambda e: e["state"] == "running")
     queued = submit(client, celery=True, **hook).json()["task_id"]
     state.wait_for(lambda: state.hanging >= 1)
     # Every delivery so far is stuck in the receiver, and still:

@@ -15,6 +15,7 @@ from shared.registry import ModelSpec, load_registry
 from shared.settings import Settings
 from worker.images import encode_png
 from worker.pipelines import (
+    BatchItem,
     PipelineCache,
     compile_unet,
     load_pipeline,
@@ -49,6 +50,13 @@ def params(**overrides: object) -> GenerationParams:
     return GenerationParams.model_validate(fields)
 
 
+def run_one(
+    pipe: Any, spec: ModelSpec, image: Image.Image, job: GenerationParams, seeds: list[int]
+) -> list[Image.Image]:
+    """One job's call through the worker's batched path, with no partners."""
+    return run_img2img(pipe, spec, [BatchItem(job, image, seeds)])[0]
+
+
 def test_tiny_models_are_generated_deterministically(tmp_path: Path) -> None:
     first = ensure_tiny_model("tiny-sd", tmp_path / "a")
     second = ensure_tiny_model("tiny-sd", tmp_path / "b")
@@ -75,9 +83,9 @@ def test_same_seed_gives_identical_bytes_and_each_image_its_own_seed(cache: Pipe
     spec = load_registry().get("tiny-sd")
     pipe, _ = cache.get(spec)
     image = Image.new("RGB", (128, 128), (200, 100, 50))
-    first = [encode_png(i) for i in run_img2img(pipe, spec, image, params(), [7, 8])]
-    again = [encode_png(i) for i in run_img2img(pipe, spec, image, params(), [7, 8])]
-    other = [encode_png(i) for i in run_img2img(pipe, spec, image, params(), [9, 10])]
+    first = [encode_png(i) for i in run_one(pipe, spec, image, params(), [7, 8])]
+    again = [encode_png(i) for i in run_one(pipe, spec, image, params(), [7, 8])]
+    other = [encode_png(i) for i in run_one(pipe, spec, image, params(), [9, 10])]
     assert first == again
     assert first[0] != first[1]
     assert first[0] != other[0]
@@ -90,7 +98,7 @@ def test_the_worker_refuses_a_strength_past_max_steps_before_touching_the_model(
     spec = load_registry().get("tiny-sd")  # default_steps 10, max_steps 40
     image = Image.new("RGB", (64, 64))
     with pytest.raises(JobError, match=r"^strength: too small"):
-        run_img2img(None, spec, image, params(strength=strength), [1])
+        run_one(None, spec, image, params(strength=strength), [1])
 
 
 def spec_of(entry: str, **overrides: object) -> ModelSpec:
@@ -185,9 +193,9 @@ def test_vae_tiles_only_above_the_specs_threshold(cache: PipelineCache) -> None:
     spec = load_registry().get("tiny-sd")
     pipe, _ = cache.get(spec)
     image = Image.new("RGB", (128, 128), (10, 20, 30))
-    run_img2img(pipe, spec.model_copy(update={"vae_tiling_above": 64}), image, params(), [1, 2])
+    run_one(pipe, spec.model_copy(update={"vae_tiling_above": 64}), image, params(), [1, 2])
     assert pipe.vae.use_tiling
-    run_img2img(pipe, spec, image, params(), [1, 2])  # default threshold 1024
+    run_one(pipe, spec, image, params(), [1, 2])  # default threshold 1024
     assert not pipe.vae.use_tiling
 
 
@@ -206,9 +214,9 @@ def test_compiled_unet_is_warmed_at_load_and_never_compiles_while_serving(
     pipe = load_pipeline(spec, Settings(model_dir=tmp_path, device="cpu"))
     try:
         compile_unet(pipe, spec, backend=counting_backend)
-        assert len(graphs) == 4  # 64x64 at batches 1-4, static shapes
-        run_img2img(pipe, spec, Image.new("RGB", (64, 64)), params(batch=3), [1, 2, 3])
-        run_img2img(pipe, spec, Image.new("RGB", (128, 64)), params(batch=1), [1])  # not warmed
+        assert len(graphs) == 4  # 64x64 at batches 1-4 (max_batch is 4), static shapes
+        run_one(pipe, spec, Image.new("RGB", (64, 64)), params(batch=3), [1, 2, 3])
+        run_one(pipe, spec, Image.new("RGB", (128, 64)), params(batch=1), [1])  # not warmed
         assert len(graphs) == 4  # the warmed shape reused its graph; the other ran eager
     finally:
         torch._dynamo.reset()
