@@ -4,9 +4,9 @@ A worker runs each job on its own thread of Celery's threads pool, from its mess
 ack (worker/runner.py). That thread fetches and fits the job's input, hands the job to the
 ``Batcher`` and blocks; the batcher's one GPU thread takes waiting jobs in arrival order,
 groups those whose pipeline call would be the same (``batch_key``) up to the model's
-``max_batch`` images, waits at most ``max_wait_ms`` for partners when the group is not full
-and another job of this worker is still fetching its input (a partner can only come from
-there: with none on its way, a lone job runs at once), and runs the group in one call.
+``max_batch`` images, lets a lone job wait at most ``max_wait_ms`` for a partner while
+another job of this worker is still fetching its input (a partner can only come from
+there: with none on its way, it runs at once), and runs the group in one call.
 Each job's thread then encodes and uploads its own images and writes its own record, while
 the GPU runs the next group: fetching, decoding, encoding and uploading overlap the GPU's
 work instead of standing between its calls.
@@ -212,7 +212,9 @@ class Batcher:
                 group = self._compatible(head, capacity)
                 left = wait_until - time.monotonic()
                 full = sum(m.size for m in group) >= capacity
-                if full or left <= 0 or not self._arriving:  # no partner on its way: go
+                # Only a lone job waits, and only for a partner on its way: a group that
+                # already shares the call goes, and the GPU idles no longer than it must.
+                if full or len(group) > 1 or left <= 0 or not self._arriving:
                     break
                 self._cond.wait(timeout=left)
             for member in group:

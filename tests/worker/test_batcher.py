@@ -50,10 +50,20 @@ class Recorder:
             m.call_images = sum(x.size for x in group)
 
 
-def run_all(batcher: Batcher, members: list[Member]) -> dict[Member, BaseException | None]:
+def run_all(
+    batcher: Batcher, members: list[Member], busy: Recorder | None = None
+) -> dict[Member, BaseException | None]:
     """Each member on its own thread, as Celery's threads pool runs jobs; every one counts
-    as arriving (fetching its input) from the start until it reaches the batcher."""
+    as arriving (fetching its input) from the start until it reaches the batcher. With
+    ``busy``, the GPU runs another job meanwhile, so they all wait together, as on a
+    loaded queue (that call is left out of ``busy.groups``)."""
     outcome: dict[Member, BaseException | None] = {}
+    if busy is not None:
+        busy.gate.clear()
+        other = member(members[0].spec.model_copy(update={"max_wait_ms": 0}), size=32)
+        threading.Thread(target=batcher.run, args=(other,)).start()
+        time.sleep(0.05)  # it is in its call, held at the gate
+        threading.Timer(0.2, busy.gate.set).start()
     marks = [batcher.arriving() for _ in members]
     for mark in marks:
         mark.__enter__()
@@ -72,6 +82,8 @@ def run_all(batcher: Batcher, members: list[Member]) -> dict[Member, BaseExcepti
         time.sleep(0.002)  # arrival order is submission order
     for thread in threads:
         thread.join(timeout=10)
+    if busy is not None:
+        del busy.groups[0]
     return outcome
 
 
@@ -99,7 +111,7 @@ def test_a_jobs_own_batch_counts_and_is_never_split() -> None:
     batcher = Batcher(recorder, is_out_of_memory)
     model = spec(max_batch=4, max_wait_ms=100)
     big, small, other = member(model, images=3), member(model, images=2), member(model, 1)
-    run_all(batcher, [big, small, other])
+    run_all(batcher, [big, small, other], busy=recorder)
     sizes = [[m.size for m in g] for g in recorder.groups]
     assert sizes == [[3, 1], [2]]  # 3 + 2 > 4: the 2 waits; the 1 fills the first call
 
@@ -153,6 +165,19 @@ def test_a_lone_job_waits_at_most_max_wait_ms_for_a_partner_on_its_way() -> None
     assert time.monotonic() - started < 0.14
 
 
+def test_two_jobs_go_at_once_without_waiting_to_fill_the_call() -> None:
+    recorder = Recorder()
+    batcher = Batcher(recorder, is_out_of_memory)
+    model = spec(max_batch=8, max_wait_ms=1000)
+    pair = [member(model), member(model)]
+    started = time.monotonic()
+    with batcher.arriving():  # more on their way, but a pair already shares the call
+        outcome = run_all(batcher, pair, busy=recorder)
+    assert all(error is None for error in outcome.values())
+    assert [len(g) for g in recorder.groups] == [2]
+    assert time.monotonic() - started < 0.9  # not the 1 s max_wait_ms
+
+
 def test_a_lone_job_with_no_partner_on_its_way_runs_at_once() -> None:
     batcher = Batcher(Recorder(), is_out_of_memory)
     started = time.monotonic()
@@ -166,7 +191,7 @@ def test_a_failed_call_reruns_each_member_alone_so_partners_succeed() -> None:
     recorder = Recorder(lambda g: ValueError("bad input") if bad in g else None)
     batcher = Batcher(recorder, is_out_of_memory)
     good = [member(model), member(model)]
-    outcome = run_all(batcher, [good[0], bad, good[1]])
+    outcome = run_all(batcher, [good[0], bad, good[1]], busy=recorder)
     assert isinstance(outcome[bad], ValueError)
     assert outcome[good[0]] is None and outcome[good[1]] is None
     assert [len(g) for g in recorder.groups] == [3, 1, 1, 1]
@@ -183,7 +208,7 @@ def test_out_of_memory_retries_in_halves_down_to_what_fits() -> None:
     recorder = Recorder(oom)
     batcher = Batcher(recorder, is_out_of_memory, recover=lambda: recovered.append(1))
     members = [member(model) for _ in range(4)]
-    outcome = run_all(batcher, members)
+    outcome = run_all(batcher, members, busy=recorder)
     assert all(error is None for error in outcome.values())
     assert [len(g) for g in recorder.groups] == [4, 2, 1, 1, 2, 1, 1]
     assert len(recovered) == 3  # after each OOM that split a group
