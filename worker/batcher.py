@@ -88,7 +88,6 @@ class Member:
     flags: list[bool] = field(default_factory=list)
     error: BaseException | None = None
     call_images: int = 0  # images in the call that ran this job, partners' included
-    admitted: bool = False  # marked running (worker/calls.py), once, before its first call
     last_progress: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -121,15 +120,17 @@ class Dropped(Exception):
 
 
 Execute = Callable[[list[Member]], None]
+Admit = Callable[[list[Member]], list[Member]]
 Observe = Callable[[list[Member], float | None], None]
 
 
 class Batcher:
     """Groups members into pipeline calls on one GPU thread; see the module docstring.
 
-    ``execute(group)`` runs one call: it fills each live member's images and flags, may end
-    members early, and raises if the call failed. ``observe(group, idle_s)`` sees every
-    call, with the GPU's idle time before it when a job was already waiting.
+    ``admit(group)`` marks a group's jobs running and returns those still to run (it ends
+    the others). ``execute(group)`` runs one call: it fills each live member's images and
+    flags, may end members early, and raises if the call failed. ``observe(group, idle_s)``
+    sees every call, with the GPU's idle time before it when a job was already waiting.
     ``is_out_of_memory`` and ``recover`` decide and clean up after an OOM.
     """
 
@@ -139,8 +140,9 @@ class Batcher:
         is_out_of_memory: Callable[[BaseException], bool],
         recover: Callable[[], None] = lambda: None,
         observe: Observe = lambda group, idle_s: None,
+        admit: Admit = lambda group: group,
     ) -> None:
-        self.execute, self.observe = execute, observe
+        self.execute, self.observe, self.admit = execute, observe, admit
         self.is_out_of_memory, self.recover = is_out_of_memory, recover
         self._pending: list[Member] = []
         self._cond = threading.Condition()
@@ -148,6 +150,7 @@ class Batcher:
         self._last_end: float | None = None
         self._call_deadline: float | None = None
         self._arriving = 0  # jobs of this worker still fetching: the only partners to come
+        self._finished: list[Member] = []  # done, released once the next call is under way
 
     def run(self, member: Member) -> Member:
         """Queue one job and block until it ended; raises what ended it, if not success."""
@@ -189,9 +192,15 @@ class Batcher:
             idle_s = started - last if last is not None and group[0].arrived <= last else None
             self._call_deadline = max(m.deadline for m in group) + HARD_GRACE_S
             try:
-                self._run(group)
+                live = self.admit(group)
+                # The last call's jobs wake only now: their threads' encoding and uploads
+                # would otherwise take the GIL from this thread while it starts the next.
+                self._release()
+                if live:
+                    self._run(live)
             except BaseException as exc:  # the GPU thread must outlive any one call
                 log.exception("batch runner failed; ending its jobs")
+                self._release()
                 for member in group:
                     if not member.ended:
                         member.end(exc)
@@ -200,9 +209,17 @@ class Batcher:
                 self._last_end = time.monotonic()
             self.observe(group, idle_s)
 
+    def _release(self) -> None:
+        """Hand the finished jobs back to their threads."""
+        finished, self._finished = self._finished, []
+        for member in finished:
+            member.end()
+
     def _next_group(self) -> list[Member]:
         """The oldest waiting job and its compatible partners, waiting briefly for more."""
         with self._cond:
+            if not self._pending:
+                self._release()  # nothing to start: no reason to hold them
             while not self._pending:
                 self._cond.wait()
             head = self._pending[0]
@@ -216,6 +233,7 @@ class Batcher:
                 # already shares the call goes, and the GPU idles no longer than it must.
                 if full or len(group) > 1 or left <= 0 or not self._arriving:
                     break
+                self._release()  # the GPU waits anyway
                 self._cond.wait(timeout=left)
             for member in group:
                 self._pending.remove(member)
@@ -252,9 +270,7 @@ class Batcher:
             for member in live:
                 self._run([member])
             return
-        for member in group:
-            if not member.ended:
-                member.end()
+        self._finished.extend(m for m in group if not m.ended)
 
 
 def _images(group: list[Member]) -> int:

@@ -38,8 +38,7 @@ TIMED_OUT = "timed out: the job ran past its time limit"
 
 
 def execute(ctx: WorkerContext, group: list[Member]) -> None:
-    """Steps 4 to 5b for one group; fills each member that is still live."""
-    group = admit(ctx, group)
+    """Steps 4 to 5b for one admitted group; fills each member that is still live."""
     spec = group[0].spec
     # 4. The pipeline, loaded once per process.
     pipe, load_s = ctx.pipelines.get(spec)
@@ -66,8 +65,7 @@ def execute(ctx: WorkerContext, group: list[Member]) -> None:
 def admit(ctx: WorkerContext, group: list[Member]) -> list[Member]:
     """Mark the group's held jobs running, in one transaction that rides out a Redis
     restart; a job canceled while it waited here is dropped. The members left."""
-    waiting = [m for m in group if not m.admitted]  # a split group's members already were
-    for member in waiting:  # shown while it runs; the call's final count replaces it
+    for member in group:  # shown while it runs; the call's final count replaces it
         member.record.call_images = sum(m.size for m in group)
     admitted = Retrying(
         retry=retry_if_exception_type(BackendUnavailable),
@@ -75,18 +73,14 @@ def admit(ctx: WorkerContext, group: list[Member]) -> list[Member]:
         stop=stop_after_delay(PERSIST_FOR_S),
         before_sleep=lambda state: log.warning("Redis unreachable; retrying an admission"),
         reraise=True,
-    )(ctx.jobs.admit, [m.record for m in waiting], mark_running)
+    )(ctx.jobs.admit, [m.record for m in group], mark_running)
     taken = {id(record) for record in admitted}
-    for member in waiting:
+    for member in group:
         if id(member.record) not in taken:
             member.end(Dropped())
         else:
-            member.admitted = True
             ctx.notify(member.record, WebhookEvent.START)
-    live = [m for m in group if not m.ended]
-    if not live:
-        raise NobodyLeft
-    return live
+    return [m for m in group if not m.ended]
 
 
 def mark_running(record: JobRecord) -> None:

@@ -51,7 +51,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.webhooks import WebhookPublisher
 from worker.batcher import Batcher, Dropped, Member
-from worker.calls import PERSIST_FOR_S, execute, observe
+from worker.calls import PERSIST_FOR_S, admit, execute, observe
 from worker.fetch import fetch_image
 from worker.images import encode, prepare_image, preview
 from worker.metrics import observe_job
@@ -87,6 +87,7 @@ class WorkerContext:
             is_out_of_memory=is_out_of_memory,
             recover=self.pipelines.release,
             observe=lambda group, idle_s: observe(self, group, idle_s),
+            admit=lambda group: admit(self, group),
         )
 
     def live_workers(self) -> set[str]:
