@@ -7,24 +7,13 @@ at a registry of ``sim:`` sources (bench/configs/simulated.toml) for it and for 
 
 from __future__ import annotations
 
-import argparse
-
 from bench.loader import load_simulated
-from shared.models import InferenceType
-from shared.settings import Settings
-from worker.celery_app import create_celery, worker_main
+from worker.main import main as worker_process
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse ``easel worker``'s options and run the worker with the simulated loader."""
-    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__)
-    parser.add_argument("--gpu", required=True, choices=[t.value for t in InferenceType])
-    parser.add_argument("--concurrency", type=int, default=None)
-    parser.add_argument("--loglevel", default="info")
-    args = parser.parse_args(argv)
-    settings = Settings(worker_gpu=InferenceType(args.gpu))
-    app = create_celery(settings, load=load_simulated)
-    worker_main(app, settings, args.concurrency, args.loglevel)
+    """``easel worker``'s options, and the worker with the simulated loader."""
+    worker_process(argv, load=load_simulated, prog="python -m bench.worker")
 
 
 if __name__ == "__main__":

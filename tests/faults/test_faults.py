@@ -47,13 +47,19 @@ def submit_many(stack: FaultStack, count: int, gpu: str = "a10g") -> list[str]:
     return ids
 
 
+def kill_9_and_replace(stack: FaultStack, group: int) -> None:
+    """SIGKILL a worker's whole process group (easel worker and its Celery worker), as a
+    lost machine would, and start a fresh worker in its place."""
+    killed = next(w for w in stack.workers if w.pid == group)
+    stop_group(killed, signal.SIGKILL)
+    stack.workers.remove(killed)
+    stack.start_worker()
+
+
 def test_kill_9_a_worker_mid_job_then_restart_it(fault_stack: FaultStack) -> None:
     task_ids = submit_many(fault_stack, 50)
     victim, group = fault_stack.worker_running(fault_stack.jobs(), task_ids)
-    killed = next(w for w in fault_stack.workers if w.pid == group)
-    stop_group(killed, signal.SIGKILL)
-    fault_stack.workers.remove(killed)
-    fault_stack.start_worker()
+    kill_9_and_replace(fault_stack, group)
     tally = settle(fault_stack, "kill-9-worker", task_ids, BOUND_S)
     assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
     assert fault_stack.jobs().get(victim.task_id).attempts >= 2  # it really ran again
@@ -65,10 +71,7 @@ def test_kill_9_a_worker_mid_batch_redelivers_every_member(fault_stack: FaultSta
     running (and more held); each one must run again elsewhere, none lost, none twice."""
     task_ids = submit_many(fault_stack, 40)
     members, group = fault_stack.worker_batching(fault_stack.jobs(), task_ids)
-    killed = next(w for w in fault_stack.workers if w.pid == group)
-    stop_group(killed, signal.SIGKILL)
-    fault_stack.workers.remove(killed)
-    fault_stack.start_worker()
+    kill_9_and_replace(fault_stack, group)
     tally = settle(fault_stack, "kill-9-worker-mid-batch", task_ids, BOUND_S)
     assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
     again = [fault_stack.jobs().get(m.task_id) for m in members]
