@@ -207,8 +207,35 @@ class JobStore:
 
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, free what it held and wake anyone waiting on it."""
-        task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
+        self._finish_writes(pipe, record)
+        _run(pipe.execute)
+
+    def finish_unless_ended(self, record: JobRecord) -> bool:
+        """``finish``, unless the stored record has already ended: a job its owner canceled
+        while a worker held it must stay canceled. Whether it wrote."""
+        return _run(partial(self._finish_unless_ended, record))
+
+    def _finish_unless_ended(self, record: JobRecord) -> bool:
+        job = key("job", record.task_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(job)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(job)
+                    if raw is not None and JobRecord.model_validate_json(raw).status.is_terminal:
+                        return False
+                    pipe.multi()
+                    self._finish_writes(pipe, record)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    @staticmethod
+    def _finish_writes(pipe: Any, record: JobRecord) -> None:
+        """Queue what ending a job writes: the record, its indexes, the wake-up."""
+        task_id = record.task_id
         pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
         pipe.delete(key("cancel", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
@@ -223,7 +250,6 @@ class JobStore:
             durations = key("durations", record.queue)
             pipe.lpush(durations, round(record.finished_at - record.started_at, 3))
             pipe.ltrim(durations, 0, DURATIONS_KEPT - 1)
-        _run(pipe.execute)
 
     def cancel(self, task_id: str) -> JobRecord:
         """Cancel a job: a waiting one ends now; a running one stops at its next step."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from botocore.exceptions import ClientError
 from PIL import Image
@@ -59,6 +60,7 @@ from worker.pipelines import BatchItem, PipelineCache, is_out_of_memory
 from worker.safety import SafetyCheckers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -131,7 +133,8 @@ def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
         log.info("job %s ended, was canceled or runs elsewhere; not running it", task_id)
         resend_completed(ctx, task_id)
         return None
-    if record.state is JobState.QUEUED:  # held here until the GPU thread admits it
+    held = record.state is JobState.QUEUED  # here until the GPU thread admits it
+    if held:
         try:
             run_guarded(ctx, record)
         except Dropped:
@@ -139,7 +142,13 @@ def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
             return None
     record.finished_at = time.time()
     record.time_required.total = round(record.finished_at - record.created_at, 4)
-    persist(ctx.jobs.finish, record)
+    if not held:  # failed in step 2 (too many lost workers): that write stands; end it
+        persist(ctx.jobs.finish, record)
+    elif not persist(ctx.jobs.finish_unless_ended, record):
+        # Canceled while it waited here (its input fetch failed meanwhile, say): the
+        # owner's cancel stands, and the API sent its webhook.
+        log.info("job %s ended elsewhere while it waited; keeping that end", task_id)
+        return None
     if record.params.image_url is None:
         ctx.storage.delete(Storage.input_key(task_id))  # the bucket's rule is the backstop
     observe_job(record)
@@ -191,7 +200,7 @@ def take(ctx: WorkerContext, record: JobRecord) -> bool:
     return True
 
 
-def persist(write: Callable[[JobRecord], None], record: JobRecord) -> None:
+def persist(write: Callable[[JobRecord], T], record: JobRecord) -> T:
     """Write a final record, riding out a Redis restart: losing it would strand the job."""
     for attempt in Retrying(
         retry=retry_if_exception_type(BackendUnavailable),
@@ -201,7 +210,8 @@ def persist(write: Callable[[JobRecord], None], record: JobRecord) -> None:
         reraise=True,
     ):
         with attempt:
-            write(record)
+            return write(record)
+    raise AssertionError("unreachable: Retrying reraises")
 
 
 def resend_completed(ctx: WorkerContext, task_id: str) -> None:

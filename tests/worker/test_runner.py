@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
-from shared.jobs import JobStore, WorkerLiveness, connect_redis
+from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
 from shared.netguard import GuardedHttp, policy_from
 from shared.queues import GENERATE_TASK, publish_job, visibility_timeout_s
@@ -348,9 +348,9 @@ def test_a_blocked_job_stores_black_images_and_flags_them(ctx: WorkerContext) ->
     done = run_job(dataclasses.replace(ctx, settings=settings), job.task_id)
     assert done is not None and done.output is not None, done and done.error
     assert done.output.Has_NSFW_Content == [True, True]
-    for key in done.image_keys + done.preview_keys:
-        stored = Image.open(io.BytesIO(ctx.storage.get(key))).convert("RGB")
-        assert stored.getextrema() == ((0, 0), (0, 0), (0, 0)), key
+    for stored_key in done.image_keys + done.preview_keys:
+        stored = Image.open(io.BytesIO(ctx.storage.get(stored_key))).convert("RGB")
+        assert stored.getextrema() == ((0, 0), (0, 0), (0, 0)), stored_key
 
 
 def test_a_model_without_a_checker_flags_nothing_and_times_no_check(ctx: WorkerContext) -> None:
@@ -486,3 +486,24 @@ def test_a_job_canceled_while_held_for_the_gpu_never_runs(ctx: WorkerContext) ->
         assert run_together(held, [job.task_id]) == {job.task_id: None}
     record = ctx.jobs.get(job.task_id)
     assert record.state is JobState.CANCELED and record.attempts == 0 and pipe.calls == 0
+
+
+def test_a_job_canceled_while_held_stays_canceled_whatever_its_thread_meets(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner cancels while the worker fetches the input; the API deletes that input, so
+    the fetch fails: the job's end is the owner's cancel, never a FAILED written over it."""
+    import worker.runner
+    from shared.errors import JobError
+
+    job = queued_job(ctx, batch=1)
+
+    def canceled_meanwhile(context: WorkerContext, task_id: str) -> bytes:
+        ctx.jobs.cancel(task_id)
+        raise JobError("image: the inline image expired before the job ran")
+
+    monkeypatch.setattr(worker.runner, "read_inline_input", canceled_meanwhile)
+    assert run_job(ctx, job.task_id) is None
+    record = ctx.jobs.get(job.task_id)
+    assert record.state is JobState.CANCELED and record.attempts == 0
+    assert int(ctx.jobs.redis.get(key("done", job.task_id)) or 0) == 1  # ended once
