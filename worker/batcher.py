@@ -191,6 +191,7 @@ class Batcher:
             last = self._last_end
             idle_s = started - last if last is not None and group[0].arrived <= last else None
             self._call_deadline = max(m.deadline for m in group) + HARD_GRACE_S
+            live: list[Member] = []
             try:
                 live = self.admit(group)
                 # The last call's jobs wake only now: their threads' encoding and uploads
@@ -207,7 +208,8 @@ class Batcher:
             finally:
                 self._call_deadline = None
                 self._last_end = time.monotonic()
-            self.observe(group, idle_s)
+            if live:  # a call ran, over the jobs admitted to it (not those canceled first)
+                self.observe(live, idle_s)
 
     def _release(self) -> None:
         """Hand the finished jobs back to their threads."""

@@ -46,8 +46,9 @@ def execute(ctx: WorkerContext, group: list[Member]) -> None:
     started = time.perf_counter()
     shares = run_img2img(pipe, spec, [m.item for m in group], GroupReporter(ctx, group))
     inference_s = round(time.perf_counter() - started, 4)
-    live = [(member, share) for member, share in zip(group, shares, strict=True)]
-    live = [(member, share) for member, share in live if not member.ended]
+    pairs = zip(group, shares, strict=True)
+    live = [(member, share) for member, share in pairs if not member.ended]
+    call_images = sum(len(share) for share in shares)
     # 5b. One safety check over the live members' images.
     images = [image for _, share in live for image in share]
     images, flags, checker_load_s, safety_s = check_safety(ctx, spec, images)
@@ -55,7 +56,7 @@ def execute(ctx: WorkerContext, group: list[Member]) -> None:
     for member, share in live:
         end = start + len(share)
         member.images, member.flags = images[start:end], flags[start:end]
-        member.call_images = sum(len(s) for s in shares)
+        member.call_images = call_images
         timings = member.record.time_required
         timings.load = round(load_s + checker_load_s, 4)
         timings.inference, timings.safety = inference_s, safety_s
