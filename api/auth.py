@@ -89,7 +89,7 @@ def bootstrap_key(sent: str, settings: Settings) -> KeyRecord | None:
     return KeyRecord(
         id=BOOTSTRAP_ID, name="EASEL_BOOTSTRAP_API_KEY", owner=owner_id(sent),
         rate=settings.default_rate_limit, max_inflight=settings.default_max_inflight,
-        created_at=0.0,
+        weight=settings.bootstrap_weight, created_at=0.0,
     )  # fmt: skip
 
 

@@ -60,7 +60,7 @@ def submit_once(
     ``image`` is the inline image taken out of ``body``, whose summary keeps its digest,
     so the fingerprint tells two images apart."""
     if header is None:
-        return submit(services, body, api_key.owner, api_key.max_inflight, image)
+        return submit(services, body, api_key.owner, api_key.max_inflight, image, api_key.weight)
     check_header(header)
     name = key("idem", f"{api_key.owner}:{hashlib.sha256(header.encode()).hexdigest()}")
     fingerprint = fingerprint_of(body)
@@ -95,7 +95,7 @@ def _submit_claimed(
     image: bytes | None,
 ) -> JobRecord:
     try:
-        record = submit(services, body, api_key.owner, api_key.max_inflight, image)
+        record = submit(services, body, api_key.owner, api_key.max_inflight, image, api_key.weight)
     except BaseException:  # not admitted: let a retry claim the key again
         unclaim = services.jobs.redis.register_script(UNCLAIM)
         with suppress(BackendUnavailable):  # Redis is down: the claim expires on its own

@@ -25,7 +25,7 @@ from shared.keys import InflightCap
 from shared.logs import bind_task_id
 from shared.models import GenerationParams, ImageToImageRequest, JobRecord
 from shared.netguard import BlockedURL
-from shared.queues import BROKER_DOWN, publish_job
+from shared.queues import BROKER_DOWN, publish_turn
 from shared.registry import ModelSpec
 from shared.storage import Storage
 
@@ -138,10 +138,12 @@ def submit(
     owner: str,
     max_inflight: int | None = None,
     image: bytes | None = None,
+    weight: int = 1,
 ) -> JobRecord:
-    """Record a job and publish it to its GPU class's queue; raise if nobody can run it, or
-    if ``owner`` already has ``max_inflight`` jobs queued or running. ``image`` holds the
-    bytes of an inline image (``take_inline_image``), which wait in S3 for the worker."""
+    """Record a job in its key's lane (``weight``: the key's fair share) and publish a turn
+    on its GPU class's queue; raise if nobody can run it, or if ``owner`` already has
+    ``max_inflight`` jobs queued or running. ``image`` holds the bytes of an inline image
+    (``take_inline_image``), which wait in S3 for the worker."""
     spec = services.registry.check_runnable(request.app_id, request.inference_type)
     check_steps(spec, request.strength)
     if request.webhook is not None:
@@ -179,12 +181,12 @@ def submit(
     try:
         if image is not None:
             stash_input(services, record, image)
-        services.jobs.create(record)
+        services.jobs.create(record, weight)
     except BaseException:
         forget(services, record, image is not None)
         raise
     try:
-        publish_job(services.celery.send_task, record)
+        publish_turn(services.celery.send_task, record.queue)
     except BROKER_DOWN as exc:
         forget(services, record, image is not None)  # if Redis is down too: the reaper
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc

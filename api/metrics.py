@@ -1,4 +1,4 @@
-"""``GET /metrics`` for Prometheus, the request counters, and the queue-depth gauge.
+"""``GET /metrics`` for Prometheus, the request counters, and the queue gauges.
 
 Under gunicorn (``easel api``) every worker process writes to a shared multiprocess
 directory, and whichever process answers a scrape sums them all (shared/metrics.py).
@@ -18,15 +18,25 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from api.services import Services, get_services
+from shared.errors import BackendUnavailable
 from shared.jobs import key
-from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS, JOBS, QUEUE_DEPTH, scrape_registry
+from shared.metrics import (
+    BACKLOG_KEYS,
+    HTTP_REQUESTS,
+    HTTP_SECONDS,
+    JOBS,
+    QUEUE_BACKLOG,
+    QUEUE_DEPTH,
+    scrape_registry,
+)
 from shared.models import JobRecord
 
 bp = Blueprint("metrics", __name__)
 
 
 class QueueDepthCollector(Collector):
-    """Jobs accepted and not yet started, per GPU class, read from Redis at scrape time."""
+    """Jobs accepted and not yet started, per GPU class, and waiting per API key, read from
+    Redis at scrape time."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -45,7 +55,28 @@ class QueueDepthCollector(Collector):
         )
         for inference_type, depth in zip(queues, depths, strict=True):
             gauge.add_metric([inference_type.value], float(depth))
-        return [gauge]
+        try:
+            backlog = self.backlog()
+        except (RedisError, BackendUnavailable):
+            return [gauge]
+        return [gauge, backlog]
+
+    def backlog(self) -> GaugeMetricFamily:
+        """Jobs waiting in each key's lane: the largest lanes by key id, the rest as
+        "other", so that a service with thousands of keys keeps a bounded series count."""
+        gauge = GaugeMetricFamily(
+            QUEUE_BACKLOG,
+            f"Jobs waiting to start per API key id and GPU class ({BACKLOG_KEYS} largest; "
+            'the rest summed as key="other").',
+            labels=["inference_type", "key"],
+        )
+        for inference_type, queue in self.services.settings.queues.items():
+            lanes = sorted(self.services.jobs.backlog(queue).items(), key=lambda kv: -kv[1])
+            for owner, waiting in lanes[:BACKLOG_KEYS]:
+                gauge.add_metric([inference_type.value, owner], float(waiting))
+            if rest := sum(waiting for _, waiting in lanes[BACKLOG_KEYS:]):
+                gauge.add_metric([inference_type.value, "other"], float(rest))
+        return gauge
 
 
 @bp.get("/metrics")

@@ -36,7 +36,7 @@ class Services:
 def init_app(app: Flask, settings: Settings) -> None:
     """Connect the app to Redis, S3 and the Celery broker (lazily; nothing dials yet)."""
     client = connect_redis(settings)
-    jobs = JobStore(client, settings.job_ttl_s)
+    jobs = JobStore(client, settings.job_ttl_s, settings.fair_share)
     producer = Celery("easel-api", set_as_current=False)
     producer.config_from_object(celery_config(settings))
     app.extensions["easel"] = Services(

@@ -143,7 +143,7 @@ class Generation:
 
     def __init__(self, stack: BenchStack, url: str, variant: Variant, queues: str) -> None:
         self.stack, self.url, self.variant, self.queues = stack, url, variant, queues
-        self.store = JobStore(stack.redis, stack.settings.job_ttl_s)
+        self.store = JobStore(stack.redis, stack.settings.job_ttl_s, stack.settings.fair_share)
         self.image = data_uri(sample_png(64, 64))
         self.workers: list[subprocess.Popen[bytes]] = []
 

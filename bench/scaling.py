@@ -87,7 +87,7 @@ def measure_round(
     stack: BenchStack, url: str, k: int, roots: dict[str, list[int]], jobs: int = 0
 ) -> dict[str, Any]:
     """One round with k workers live; also where the machine's CPU went meanwhile."""
-    store = JobStore(stack.redis, stack.settings.job_ttl_s)
+    store = JobStore(stack.redis, stack.settings.job_ttl_s, stack.settings.fair_share)
     cpu_before, wall_before, began = cpu_seconds(roots), time.monotonic(), time.time()
     ids = submit_all(url, stack.headers, jobs or JOBS_PER_WORKER * k)
     records = wait_all(store, ids, 120)

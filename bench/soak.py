@@ -278,7 +278,7 @@ class Auditor:
     """Each ended job's completion signals and S3 outputs, counted as tests/faults counts."""
 
     def __init__(self, stack: BenchStack) -> None:
-        self.jobs = JobStore(stack.redis, stack.settings.job_ttl_s)
+        self.jobs = JobStore(stack.redis, stack.settings.job_ttl_s, stack.settings.fair_share)
         self.storage = Storage(stack.settings)
         self.due: deque[tuple[float, str]] = deque()
         self.found: dict[str, dict[str, Any]] = {}

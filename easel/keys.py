@@ -1,5 +1,5 @@
-"""``easel keys create|list|revoke|webhook-secret``: manage API keys in the Redis that
-``EASEL_*`` names.
+"""``easel keys create|list|revoke|weight|webhook-secret``: manage API keys in the Redis
+that ``EASEL_*`` names.
 
 ``create`` prints the new key on stdout, alone, exactly once: Easel keeps only a keyed
 hash of it, so it cannot be shown again. Its id, which the other commands use, goes to
@@ -9,7 +9,8 @@ it on stdout, and ``webhook-secret --rotate ID`` replaces it first.
 
 Rates use Flask-Limiter's syntax (``60/minute``, ``5/second;1000/day``); both limits default
 to ``EASEL_DEFAULT_RATE_LIMIT`` and ``EASEL_DEFAULT_MAX_INFLIGHT`` as they are when the key
-is created.
+is created. ``--weight N`` (default 1) is the key's share of its GPU class's job starts while
+other keys' jobs wait too; ``weight ID N`` changes it for the jobs submitted from then on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a keys command runs, so `easel worker` needs no limits lib
+    from pydantic import ValidationError
+
     from shared.keys import KeyRecord, KeyStore
     from shared.settings import Settings
 
@@ -32,8 +35,13 @@ def add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     create.add_argument("--name", required=True, help="who or what the key is for")
     create.add_argument("--rate", help="requests per window, e.g. 60/minute")
     create.add_argument("--max-inflight", type=int, help="jobs queued or running at once")
+    create.add_argument("--weight", type=int, default=1,
+                        help="share of job starts while other keys wait too (1-1000)")  # fmt: skip
     listing = actions.add_parser("list", help="every key's id, name, limits and state")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    weight = actions.add_parser("weight", help="change a key's fair-share weight")
+    weight.add_argument("id", help="the key id that `easel keys list` shows")
+    weight.add_argument("weight", type=int, help="its share of job starts (1-1000)")
     revoke = actions.add_parser("revoke", help="refuse a key from its next request on")
     revoke.add_argument("id", help="the key id that `easel keys list` shows")
     secret = actions.add_parser("webhook-secret", help="print the secret a key's webhooks use")
@@ -44,6 +52,8 @@ def add_key_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_key_command(args: argparse.Namespace) -> int:
     """Run one ``easel keys`` subcommand; the exit status."""
+    from pydantic import ValidationError
+
     from shared.jobs import connect_redis
     from shared.keys import BOOTSTRAP_ID, KeyStore, NoKeySecret, UnknownKeyId
     from shared.settings import Settings
@@ -52,7 +62,7 @@ def run_key_command(args: argparse.Namespace) -> int:
     store = KeyStore(connect_redis(settings), settings)
     try:
         if args.keys_command == "create":
-            return create(store, settings, args.name, args.rate, args.max_inflight)
+            return create(store, settings, args)
         if args.keys_command == "list":
             return show(store.all_keys(), as_json=args.json)
         if args.keys_command == "webhook-secret":
@@ -60,9 +70,17 @@ def run_key_command(args: argparse.Namespace) -> int:
         if args.id == BOOTSTRAP_ID:
             raise UnknownKeyId(
                 "the bootstrap key is EASEL_BOOTSTRAP_API_KEY, not a stored key: to revoke it, "
-                "unset that variable (or give it a new value) and restart the API"
+                "unset that variable (or give it a new value) and restart the API; its weight "
+                "is EASEL_BOOTSTRAP_WEIGHT"
             )
+        if args.keys_command == "weight":
+            record = store.set_weight(args.id, args.weight)
+            print(f"key {record.id} ({record.name}) now has weight {record.weight}")
+            return 0
         record = store.revoke(args.id)
+    except ValidationError as exc:
+        print(f"easel keys {args.keys_command}: {reasons(exc)}", file=sys.stderr)
+        return 2
     except NoKeySecret as exc:
         print(f"easel keys {args.keys_command}: {exc}", file=sys.stderr)
         return 2
@@ -73,26 +91,26 @@ def run_key_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def create(
-    store: KeyStore, settings: Settings, name: str, rate: str | None, max_inflight: int | None
-) -> int:
-    """Make a key; print it on stdout and what to do with it on stderr."""
-    from pydantic import ValidationError
+def reasons(exc: ValidationError) -> str:
+    """A validation error in one line, field by field."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
-    try:
-        api_key, record = store.create(
-            name,
-            settings.default_rate_limit if rate is None else rate,
-            settings.default_max_inflight if max_inflight is None else max_inflight,
-        )
-    except ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"easel keys create: {reasons}", file=sys.stderr)
-        return 2
+
+def create(store: KeyStore, settings: Settings, args: argparse.Namespace) -> int:
+    """Make a key; print it on stdout and what to do with it on stderr (a ValidationError
+    propagates: the caller prints it)."""
+    rate, max_inflight = args.rate, args.max_inflight
+    api_key, record = store.create(
+        args.name,
+        settings.default_rate_limit if rate is None else rate,
+        settings.default_max_inflight if max_inflight is None else max_inflight,
+        args.weight,
+    )
     print(api_key)
     print(
         f"created key {record.id} ({record.name}, {record.rate}, "
-        f"at most {record.max_inflight} in flight). This is the only time it is shown: "
+        f"at most {record.max_inflight} in flight, weight {record.weight}). "
+        "This is the only time it is shown: "
         "store it now.\n"
         f"Its webhooks are signed with {store.webhook_secret(record)} (give it to the key's "
         f"owner; `easel keys webhook-secret {record.id}` shows it again).",
@@ -124,11 +142,12 @@ def show(records: list[KeyRecord], as_json: bool) -> int:
         for record in records:
             print(record.model_dump_json(exclude={"key_hash", "webhook_nonce"}))
         return 0
-    rows = [("ID", "NAME", "RATE", "MAX-INFLIGHT", "CREATED", "REVOKED")]
+    rows = [("ID", "NAME", "RATE", "MAX-INFLIGHT", "WEIGHT", "CREATED", "REVOKED")]
     rows += [
-        (r.id, r.name, r.rate, str(r.max_inflight), stamp(r.created_at), stamp(r.revoked_at))
+        (r.id, r.name, r.rate, str(r.max_inflight), str(r.weight), stamp(r.created_at),
+         stamp(r.revoked_at))
         for r in records
-    ]
+    ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -10,8 +10,8 @@ Keys (all under ``easel:``):
     queued:<queue>     sorted set of waiting task ids by submit time: queue positions. A job
                        a worker holds while it waits for the GPU (state queued, ``worker``
                        set) is still waiting, so it keeps its place here
-    running:<queue>    sorted set of the task ids a worker holds or runs, by when it took
-                       them: what the reaper checks
+    running:<queue>    sorted set of the task ids a worker popped, holds or runs, by when it
+                       took them: what the reaper checks
     unpublished:<queue> ids recorded but not yet confirmed on the broker, by submit time: if
                        the API could neither publish nor take the record back, the reaper
                        ends the job FAILED instead of leaving it PENDING for the job TTL
@@ -24,6 +24,8 @@ Keys (all under ``easel:``):
     inflight:<owner>   an owner's unfinished task ids: the in-flight cap (shared/keys.py)
     workers:<queue>    sorted set of live worker names, scored by their last heartbeat
     waits:<owner>      an owner's requests waiting for jobs, by when each wait ends (api/waits.py)
+    lanes:, lane:, lanestate:, claims:, held:<queue>
+                       who starts next: the fair order across keys (shared/fairness.py)
     webhookpending:<owner> an owner's webhook deliveries waiting for a retry (worker/webhooks.py)
 
 Channel ``easel:done``: ``finish`` publishes the id of every job that ends; the API's
@@ -41,6 +43,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared import fairness
 from shared.errors import BackendUnavailable, ExpiredTask, UnknownTask
 from shared.models import JobRecord, JobState, JobStatus
 from shared.settings import Settings
@@ -93,14 +96,24 @@ def key(kind: str, name: str) -> str:
 class JobStore:
     """Reads and writes job records and their side indexes."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, fair: bool = True) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.fair = fair  # False: one FIFO lane per GPU class, the benchmarks' baseline
         self._cancel = client.register_script(CANCEL_FLAG)
         self._input_quota = client.register_script(INPUT_QUOTA)
+        self._push = client.register_script(fairness.PUSH)
+        self._pop = client.register_script(fairness.POP)
+        self._remove = client.register_script(fairness.REMOVE)
+        self._snapshot = client.register_script(fairness.SNAPSHOT)
 
-    def create(self, record: JobRecord) -> None:
-        """Store a new job and its index entries atomically."""
+    def lane_of(self, record: JobRecord) -> str:
+        """The lane a job waits in: its owner's, or the one FIFO lane."""
+        return record.owner if self.fair else fairness.FIFO_LANE
+
+    def create(self, record: JobRecord, weight: int | None = None) -> None:
+        """Store a new job and its index entries atomically; with its key's ``weight``, also
+        put it in its lane, where a turn can take it (the API's submit)."""
         task_id = record.task_id
         owned = key("owner", record.owner)
         pipe = self.redis.pipeline(transaction=True)
@@ -112,7 +125,59 @@ class JobStore:
         pipe.zadd(owned, {task_id: record.created_at})
         pipe.expire(owned, self.ttl_s)
         pipe.zadd(key("unpublished", record.queue), {task_id: record.created_at})
+        if weight is not None:
+            self._enqueue(pipe, record, str(fairness.stride(weight)), at_head=False)
         _run(pipe.execute)
+
+    def _enqueue(self, pipe: Any, record: JobRecord, stride: str, at_head: bool) -> None:
+        """Queue the push of a job into its lane (``stride`` '' keeps the lane's)."""
+        lane = self.lane_of(record)
+        keys = [key("lanes", record.queue), key("lane", f"{record.queue}:{lane}")]
+        keys.append(key("lanestate", record.queue))
+        args = [lane, record.task_id, stride, "1" if at_head else "0"]
+        self._push(keys=keys, args=args, client=pipe)
+
+    def _dequeue(self, pipe: Any, record: JobRecord) -> None:
+        """Queue taking a waiting job out of its lane (canceled, failed, or discarded)."""
+        lane = self.lane_of(record)
+        keys = [key("lanes", record.queue), key("lane", f"{record.queue}:{lane}")]
+        keys.append(key("lanestate", record.queue))
+        self._remove(keys=keys, args=[lane, record.task_id], client=pipe)
+
+    def pop(self, queue: str, worker: str) -> str | None:
+        """Claim the next job in fair order for ``worker`` (a worker's turn); None if no job
+        waits. The worker then takes it with ``start``; until it does, the claim lets the
+        reaper put the job back if the worker dies."""
+        keys = [key("lanes", queue), key("lanestate", queue), key("running", queue)]
+        keys += [key("claims", queue), key("held", queue)]
+        args: list[str | float] = [key("lane", f"{queue}:"), time.time(), worker]
+        args.append(fairness.STRIDE_UNIT)
+        popped = _run(partial(self._pop, keys=keys, args=args))
+        return None if popped is None else _text(popped)
+
+    def claims(self, queue: str) -> dict[str, str]:
+        """The jobs popped and not yet taken, each with the worker that popped it."""
+        found = _run(partial(self.redis.hgetall, key("claims", queue)))
+        return {_text(k): _text(v) for k, v in found.items()}
+
+    def unclaim(self, queue: str, task_id: str, ended: bool) -> None:
+        """Drop a claim its worker will not act on: the job ended already (``ended``), or
+        another live worker holds it, whose own index entries stay."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(key("claims", queue), task_id)
+        if ended:
+            pipe.zrem(key("running", queue), task_id)
+            pipe.zrem(key("held", queue), task_id)
+        _run(pipe.execute)
+
+    def backlog(self, queue: str) -> dict[str, int]:
+        """How many jobs wait in each key's lane on ``queue``."""
+        found = cast(list[bytes], _run(partial(self.redis.zrange, key("lanes", queue), 0, -1)))
+        owners = [_text(owner) for owner in found]
+        pipe = self.redis.pipeline(transaction=False)
+        for owner in owners:
+            pipe.llen(key("lane", f"{queue}:{owner}"))
+        return dict(zip(owners, (int(n) for n in _run(pipe.execute)), strict=True))
 
     def reserve_input(self, owner: str, task_id: str, size: int, quota: int) -> bool:
         """Count an inline input against its owner's quota of bytes; False past the quota."""
@@ -201,10 +266,6 @@ class JobStore:
         members = _run(partial(self.redis.zrange, key("running", queue), 0, -1))
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
-    def forget_running(self, queue: str, task_id: str) -> None:
-        """Drop a stale entry of the running index."""
-        _run(partial(self.redis.zrem, key("running", queue), task_id))
-
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, free what it held and wake anyone waiting on it."""
         pipe = self.redis.pipeline(transaction=True)
@@ -232,10 +293,13 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    @staticmethod
-    def _finish_writes(pipe: Any, record: JobRecord) -> None:
+    def _finish_writes(self, pipe: Any, record: JobRecord) -> None:
         """Queue what ending a job writes: the record, its indexes, the wake-up."""
         task_id = record.task_id
+        if record.worker is None:  # it never left its lane: canceled, or never queued
+            self._dequeue(pipe, record)
+        pipe.zrem(key("held", record.queue), task_id)
+        pipe.hdel(key("claims", record.queue), task_id)
         pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
         pipe.delete(key("cancel", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
@@ -292,19 +356,23 @@ class JobStore:
                 except redis.WatchError:
                     continue  # someone else changed it meanwhile; read it again
 
-    @staticmethod
-    def _write(pipe: Any, record: JobRecord) -> None:
+    def _write(self, pipe: Any, record: JobRecord) -> None:
         """Queue the writes of a changed, unfinished record and of its queue indexes."""
         task_id, queue = record.task_id, record.queue
         pipe.set(key("job", task_id), record.model_dump_json(), keepttl=True)
-        if record.state is JobState.QUEUED:  # on the broker, or held by a worker
+        pipe.hdel(key("claims", queue), task_id)  # taken, put back or ended: no claim left
+        if record.state is JobState.QUEUED:  # in its lane, or held by a worker
             pipe.zadd(key("queued", queue), {task_id: record.created_at})
-            if record.worker is None:  # put back by the reaper
+            if record.worker is None:  # put back by the reaper: first in its lane again
                 pipe.zrem(key("running", queue), task_id)
+                pipe.zrem(key("held", queue), task_id)
+                self._enqueue(pipe, record, "", at_head=True)
             else:
                 pipe.zadd(key("running", queue), {task_id: time.time()})
+                pipe.zadd(key("held", queue), {task_id: time.time()}, nx=True)
         else:
             pipe.zrem(key("queued", queue), task_id)
+            pipe.zrem(key("held", queue), task_id)
             if record.state is JobState.RUNNING:
                 pipe.zadd(key("running", queue), {task_id: time.time()})
 
@@ -326,14 +394,29 @@ class JobStore:
         self, record: JobRecord, stale_after_s: float
     ) -> tuple[int | None, float | None, int]:
         """In one round trip: the job's queue position (None once it left the queue), the
-        mean run time of recent jobs on its queue, and how many workers serve the queue."""
+        mean run time of recent jobs on its queue, and how many workers serve the queue.
+
+        The position is one more than the number of jobs that start before this one if no
+        job arrives meanwhile: the jobs workers hold (they start first, in the order they
+        were taken), then the waiting jobs ahead of it in fair order (shared/fairness.py).
+        """
+        queue, lane = record.queue, self.lane_of(record)
+        keys = [key("lanes", queue), key("lanestate", queue), key("held", queue)]
+        keys.append(key("lane", f"{queue}:{lane}"))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrank(key("queued", record.queue), record.task_id)
-        pipe.lrange(key("durations", record.queue), 0, -1)
-        pipe.zcount(key("workers", record.queue), time.time() - stale_after_s, "+inf")
-        rank, durations, workers = _run(pipe.execute)
+        self._snapshot(keys=keys, args=[key("lane", f"{queue}:"), record.task_id], client=pipe)
+        pipe.zrank(key("held", queue), record.task_id)
+        pipe.lrange(key("durations", queue), 0, -1)
+        pipe.zcount(key("workers", queue), time.time() - stale_after_s, "+inf")
+        snapshot, held_rank, durations, workers = _run(pipe.execute)
         mean = sum(float(v) for v in durations) / len(durations) if durations else None
-        return (None if rank is None else int(rank) + 1), mean, int(workers)
+        index, held, lanes = fairness.parse_snapshot(snapshot)
+        position: int | None = None
+        if index is not None:
+            position = held + fairness.started_before(lanes, lane.encode(), index) + 1
+        elif held_rank is not None:
+            position = int(held_rank) + 1
+        return position, mean, int(workers)
 
     def owned(
         self, owner: str, status: JobStatus | None, limit: int, before: float | None
@@ -370,6 +453,9 @@ class JobStore:
         """Forget a job that was never accepted (its publish failed)."""
         task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
+        self._dequeue(pipe, record)
+        pipe.zrem(key("held", record.queue), task_id)
+        pipe.hdel(key("claims", record.queue), task_id)
         pipe.delete(key("job", task_id), key("tomb", task_id))
         pipe.zrem(key("queued", record.queue), task_id)
         pipe.zrem(key("inflight", record.owner), task_id)
@@ -377,6 +463,10 @@ class JobStore:
         pipe.zrem(key("owner", record.owner), task_id)
         pipe.zrem(key("unpublished", record.queue), task_id)
         pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _held_by(raw: bytes | str | None, worker: str | None) -> bool:

@@ -35,6 +35,7 @@ import redis
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from redis.client import Pipeline
 
+from shared.fairness import MAX_WEIGHT
 from shared.jobs import _run, key
 from shared.settings import Settings
 
@@ -71,6 +72,9 @@ class KeyRecord(BaseModel):
     owner: str  # the key id, except for the bootstrap key (see api/auth.py)
     rate: str  # Flask-Limiter syntax, e.g. "60/minute"
     max_inflight: int = Field(ge=1)
+    # Its share of job starts on a GPU class while other keys' jobs wait too (a key
+    # weighted 3 against one weighted 1 gets 3 of every 4): shared/fairness.py.
+    weight: int = Field(default=1, ge=1, le=MAX_WEIGHT)
     created_at: float
     revoked_at: float | None = None
     key_hash: str = ""  # hex HMAC-SHA256 of the key; empty for the bootstrap key
@@ -125,13 +129,15 @@ class KeyStore:
             raise NoKeySecret("EASEL_KEY_HASH_SECRET is unset: set it to create or use API keys")
         return hmac.new(self._secret, api_key.encode(), hashlib.sha256).hexdigest()
 
-    def create(self, name: str, rate: str, max_inflight: int) -> tuple[str, KeyRecord]:
+    def create(
+        self, name: str, rate: str, max_inflight: int, weight: int = 1
+    ) -> tuple[str, KeyRecord]:
         """Make a key; the returned secret is the only copy there will ever be."""
         api_key, key_id = new_key(), secrets.token_hex(6)
         digest = self.hash(api_key)
         record = KeyRecord(
             id=key_id, name=name, owner=key_id, rate=rate, max_inflight=max_inflight,
-            created_at=time.time(), key_hash=digest, webhook_nonce=new_nonce(),
+            weight=weight, created_at=time.time(), key_hash=digest, webhook_nonce=new_nonce(),
         )  # fmt: skip
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(key("apikey", digest), record.model_dump_json())
@@ -178,6 +184,15 @@ class KeyStore:
                 record.revoked_at = time.time()
 
         return self._update(key_id, revoked)
+
+    def set_weight(self, key_id: str, weight: int) -> KeyRecord:
+        """Give a key a new weight; its jobs submitted from now on use it."""
+
+        def reweighted(record: KeyRecord) -> None:
+            changed = {**record.model_dump(), "weight": weight}  # checked against its bounds
+            record.weight = KeyRecord.model_validate(changed, context=STORED).weight
+
+        return self._update(key_id, reweighted)
 
     def webhook_secret(self, record: KeyRecord) -> str:
         """The ``whsec_`` secret that signs this key's webhooks (see the module docstring)."""

@@ -72,6 +72,10 @@ GPU_IDLE = Histogram(
     buckets=IDLE_BUCKETS,
 )
 QUEUE_DEPTH = "easel_queue_depth"  # computed at scrape time by the API (api/metrics.py)
+# Jobs waiting in each API key's lane, by key id (never its name), computed at scrape time:
+# the BACKLOG_KEYS largest per GPU class, and the rest summed as key="other".
+QUEUE_BACKLOG = "easel_queue_backlog"
+BACKLOG_KEYS = 10
 # livesum: a killed worker's jobs drop out of the sum with its process.
 WORKER_INFLIGHT = Gauge(
     "easel_worker_inflight", "Jobs running now in this worker process.", ["worker"],

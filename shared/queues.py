@@ -1,10 +1,12 @@
 """Celery's side of the contract: the task name, the configuration both ends share, and
-the one function that publishes a job.
+the one function that publishes a turn.
 
 No Celery import, so ``shared`` stays free of the framework: api/ and worker/ each build
-their own Celery app from ``celery_config`` and pass its ``send_task`` to ``publish_job``.
-A message carries the task id only: the worker reads everything else from the job record,
-the source of truth (Celery's own guidance: pass ids, not state).
+their own Celery app from ``celery_config`` and pass its ``send_task`` to ``publish_turn``.
+A message is a *turn*: it names no job. The worker that gets it pops the next job in fair
+order across API keys (shared/fairness.py) and reads everything else from that job's
+record, the source of truth (Celery's own guidance: pass ids, not state; here not even
+the id, since which job runs next is decided when a worker is free, not at submit).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from shared.models import JobRecord
 from shared.settings import Settings
 
 GENERATE_TASK = "easel.generate"
@@ -23,14 +24,16 @@ GENERATE_TASK = "easel.generate"
 BROKER_DOWN = (OperationalError, RedisError, OSError)
 
 
-def publish_job(send_task: Callable[..., Any], record: JobRecord) -> None:
-    """Put a recorded job on its GPU class's queue: the API's submit and the reaper's
-    requeue both come here. Raises one of ``BROKER_DOWN`` while the broker is away.
+def publish_turn(send_task: Callable[..., Any], queue: str, count: int = 1) -> None:
+    """Put ``count`` turns on a GPU class's queue, one per job put in a lane: the API's
+    submit, the reaper's requeue and its reconciler all come here. Raises one of
+    ``BROKER_DOWN`` while the broker is away.
 
     No time limits ride on the message: the worker's threads pool has none to apply, and
     the worker reads the model's limit from its registry (worker/runner.py).
     """
-    send_task(GENERATE_TASK, args=[record.task_id], queue=record.queue, task_id=record.task_id)
+    for _ in range(count):
+        send_task(GENERATE_TASK, queue=queue)
 
 
 def visibility_timeout_s(settings: Settings) -> int:

@@ -65,6 +65,33 @@ class Settings(BaseSettings):
     # Celery's broker; unset: the same Redis. Job records and liveness stay in Redis either
     # way, so RabbitMQ (amqp://) or SQS (sqs://) is a configuration change.
     broker_url: str | None = None
+    # Redis Sentinel (shared/redisconn.py), "host:port,host:port": set, every client asks
+    # these for the primary of redis_master_name and follows a failover; redis_url then
+    # gives only the database number, and its host and password are not used.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_master_name: str = Field(default="easel", min_length=1)
+    redis_sentinel_password: SecretStr | None = None  # the Sentinels' own (requirepass)
+    redis_password: SecretStr | None = None  # the primary's and replicas', with Sentinel
+    # A submit answers only once this many replicas hold the job (Redis WAIT), waiting at
+    # most redis_wait_timeout_ms; else a failover could lose a job already accepted. 0: off.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=500, ge=1)
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinels_are_host_port(cls, value: Any) -> Any:
+        """Accept ``host:port,host:port`` or a list; refuse an entry that is not host:port."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for address in value if isinstance(value, list) else []:
+            host, _, port = str(address).rpartition(":")
+            port_ok = port.isdigit() and 1 <= int(port) <= 65535
+            if not host.strip("[]") or (":" in host and host[0] != "[") or not port_ok:
+                raise ValueError(
+                    "EASEL_REDIS_SENTINELS must be host:port pairs separated by commas "
+                    "([v6]:port for IPv6), each port 1 to 65535"
+                )
+        return value
 
     # S3 (any S3-compatible server: AWS, SeaweedFS, MinIO).
     s3_endpoint_url: str | None = None
@@ -90,6 +117,11 @@ class Settings(BaseSettings):
     # the client address is the entry that many from the end. 0: the socket's peer.
     trusted_proxy_hops: int = Field(default=1, ge=0)
     default_max_inflight: int = Field(default=64, ge=1)
+    # Jobs start in weighted fair order across API keys per GPU class (shared/fairness.py);
+    # a key's weight is its share while keys compete. False: one FIFO per class (the
+    # baseline `make bench` compares against). Every API and worker must agree.
+    fair_share: bool = True
+    bootstrap_weight: int = Field(default=1, ge=1, le=1000)  # EASEL_BOOTSTRAP_API_KEY's
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     max_attempts: int = Field(default=3, ge=1)  # a job that loses its worker this often fails
     # Celery time limits for every job (the registry may set its own per model): past the

@@ -20,13 +20,14 @@ import uuid
 from contextlib import suppress
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from shared.errors import BackendUnavailable
 from shared.jobs import JobStore, connect_redis
-from shared.logs import configure_logging, task_context
+from shared.logs import configure_logging
 from shared.netguard import GuardedHttp, policy_from
 from shared.queues import BROKER_DOWN, GENERATE_TASK, celery_config
 from shared.registry import load_registry
@@ -36,7 +37,7 @@ from shared.webhooks import WebhookPublisher
 from worker.metrics import init_worker_metrics, job_in_flight
 from worker.pipelines import Loader, PipelineCache
 from worker.reaper import Reaper
-from worker.runner import WorkerContext, run_job
+from worker.runner import WorkerContext, run_turn
 
 GIL_SWITCH_S = 0.001
 HUNG_EXIT_CODE = 70  # EX_SOFTWARE: a pipeline call hung past its jobs' limits
@@ -68,7 +69,7 @@ class WorkerProcess:
             self._ctx = WorkerContext(
                 settings=settings,
                 registry=load_registry(settings.model_registry),
-                jobs=JobStore(client, settings.job_ttl_s),
+                jobs=JobStore(client, settings.job_ttl_s, settings.fair_share),
                 storage=storage,
                 pipelines=PipelineCache(
                     settings, vram_budget_gb=settings.vram_budget_gb, load=self.load
@@ -120,7 +121,7 @@ class WorkerProcess:
         with suppress(RedisError, BackendUnavailable):  # live before the first job is held
             ctx.liveness.beat(ctx.queue, ctx.name)
         self.warmed.set()
-        reaper = Reaper(ctx.jobs, self.settings, self.app.send_task)
+        reaper = Reaper(ctx.jobs, self.settings, self.app.send_task, self.broker())
         while True:
             self._exit_if_hung()
             try:
@@ -130,6 +131,13 @@ class WorkerProcess:
                 log.warning("heartbeat or reaper sweep failed; retrying")
             if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
+
+    def broker(self) -> redis.Redis | None:
+        """A client of Celery's Redis when it is not the job store's (``EASEL_BROKER_URL``)."""
+        url = self.settings.broker_url
+        if url is None or url == self.settings.redis_url:
+            return None
+        return connect_redis(self.settings.model_copy(update={"redis_url": url}))
 
     def _exit_if_hung(self) -> None:
         """A call stuck past its jobs' limits cannot be interrupted from Python: end the
@@ -186,13 +194,15 @@ def create_celery(settings: Settings | None = None, load: Loader | None = None) 
     process = WorkerProcess(settings, app, load)
     failing_stop_exits(app)
 
-    def generate(task_id: str, *_earlier: Any) -> None:
-        """Run one image-to-image job, reading its parameters from its record; the record
-        carries the result too. (Messages published before the id-only change also carried
-        the parameters; they are ignored.)"""
+    def generate(*_earlier: Any) -> str | None:
+        """A turn: run the next image-to-image job in fair order, reading its parameters
+        from its record, which carries the result too; the id of the job it ran, which
+        Flower shows as the result. (Messages published before turns carried a job id;
+        that job is in a lane like any other, so the id is ignored.)"""
         process.warmed.wait()
-        with task_context(task_id), job_in_flight(process.ctx.name):
-            run_job(process.ctx, task_id)
+        with job_in_flight(process.ctx.name):
+            done = run_turn(process.ctx)
+        return None if done is None else done.task_id
 
     def remember_nodename(sender: Any = None, **_: Any) -> None:
         process.nodename = getattr(sender, "hostname", None) or process.nodename

@@ -7,10 +7,19 @@ timeout (hours). Every worker process runs the reaper from its heartbeat thread;
 lock lets one of them sweep at a time. A job is reaped when it sits in the running index,
 its worker has stopped heartbeating, and its start is older than the staleness window:
 
-- a held job never ran: it goes back to QUEUED and its message is sent again;
-- with attempts left, it goes back to QUEUED and its message is sent again (same task id;
-  the atomic start lets only one delivery run it, and a stale one finds it ended);
+- a held job never ran: it goes back to the head of its key's lane, with a new turn;
+- so does a job a worker popped (claimed) and died before taking;
+- with attempts left, a running job goes back the same way (the atomic start lets only
+  one worker run it, and a late one finds it ended);
 - otherwise it ends FAILED: "worker lost N times".
+
+It also reconciles turns with waiting jobs (``reconcile``): a job waits in a lane until a
+turn pops it, so a turn lost from the broker (a Redis failover loses the last writes)
+would leave a job waiting forever. Turns are interchangeable, so it is enough to count:
+when fewer turns are queued or held unacknowledged than jobs wait, on two sweeps in a
+row, it publishes the difference. Counting turns held by busy workers as if they were
+still to pop can only delay that, until those workers finish; an extra turn finds no job
+and costs one message.
 
 It also ends the jobs the API recorded but could not confirm on the broker, and could not
 take back either (Redis went away between the two): after ``UNPUBLISHED_GRACE_S`` a job
@@ -21,20 +30,24 @@ in-flight slot, for the whole job TTL.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from shared.errors import UnknownTask
 from shared.jobs import JobStore, WorkerLiveness, key
 from shared.models import JobRecord, JobState
-from shared.queues import publish_job
+from shared.queues import publish_turn
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 UNPUBLISHED_GRACE_S = 60.0  # far past a publish's own timeouts and retries
+UNACKED = "unacked"  # kombu's Redis transport: the hash of delivered, unacked messages
 
 
 class Reaper:
@@ -45,10 +58,13 @@ class Reaper:
         jobs: JobStore,
         settings: Settings,
         send_task: Callable[..., Any],
+        broker: redis.Redis | None = None,
     ):
         self.jobs = jobs
         self.settings = settings
         self.send_task = send_task
+        self.broker = jobs.redis if broker is None else broker  # where Celery's lists are
+        self._short_before: int | None = None  # the turns missing at the last sweep
         self.queue = settings.queue_for(settings.worker_gpu)
         self.liveness = WorkerLiveness(jobs.redis, settings.worker_stale_after_s)
         self.interval_s = max(1.0, settings.worker_stale_after_s / 2)
@@ -68,26 +84,49 @@ class Reaper:
     def sweep(self) -> list[str]:
         """Requeue or fail every orphaned job on this queue; the ids it touched."""
         live = set(self.liveness.live(self.queue))
+        claims = self.jobs.claims(self.queue)
         stale_before = time.time() - self.settings.worker_stale_after_s
         reaped = []
         for task_id in self.jobs.running(self.queue):
             try:
                 record = self.jobs.transition(
-                    task_id, lambda r: self._orphan(r, live, stale_before)
+                    task_id, lambda r: self._orphan(r, live, claims, stale_before)
                 )
             except UnknownTask:
-                self.jobs.forget_running(self.queue, task_id)
+                self.jobs.unclaim(self.queue, task_id, ended=True)
                 continue
             if record is None:
                 continue
             reaped.append(task_id)
             if record.state is JobState.QUEUED:
                 log.warning("job %s lost its worker; queued again", task_id)
-                publish_job(self.send_task, record)
+                publish_turn(self.send_task, self.queue)
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)
                 self.jobs.finish(record)
+        self.reconcile()
         return reaped + self.sweep_unpublished()
+
+    def reconcile(self) -> int:
+        """Publish the turns that waiting jobs lack (see the module docstring); how many."""
+        waiting = sum(self.jobs.backlog(self.queue).values())
+        short = waiting - self.turns() if waiting else 0
+        missing = min(short, self._short_before or 0)
+        self._short_before = short if short > 0 else None
+        if missing <= 0:
+            return 0
+        log.warning("%d jobs wait on %s without a turn; publishing turns", missing, self.queue)
+        publish_turn(self.send_task, self.queue, missing)
+        self._short_before = None  # give them a sweep to be seen before counting again
+        return missing
+
+    def turns(self) -> int:
+        """Turns on this queue: in Celery's list, or delivered and not yet acknowledged."""
+        pipe = self.broker.pipeline(transaction=False)
+        pipe.llen(self.queue)
+        pipe.hvals(UNACKED)
+        queued, unacked = pipe.execute()
+        return int(queued) + sum(1 for raw in unacked if _routing_key(raw) == self.queue)
 
     def sweep_unpublished(self) -> list[str]:
         """End the jobs whose publish was never confirmed; the ids it ended."""
@@ -105,11 +144,16 @@ class Reaper:
             ended.append(task_id)
         return ended
 
-    def _orphan(self, record: JobRecord, live: set[str], stale_before: float) -> bool:
+    def _orphan(
+        self, record: JobRecord, live: set[str], claims: dict[str, str], stale_before: float
+    ) -> bool:
         if record.status.is_terminal:
-            self.jobs.forget_running(self.queue, record.task_id)
+            self.jobs.unclaim(self.queue, record.task_id, ended=True)
             return False
-        if record.worker is None or record.worker in live:
+        if record.worker is None:  # popped and not taken: back to its lane if its worker died
+            claimant = claims.get(record.task_id)
+            return record.state is JobState.QUEUED and claimant is not None and claimant not in live
+        if record.worker in live:
             return False
         if record.state is JobState.QUEUED:  # held, never admitted: it has not run at all
             record.worker = None
@@ -125,6 +169,16 @@ class Reaper:
         else:
             record.state, record.progress, record.worker = JobState.QUEUED, None, None
         return True
+
+
+def _routing_key(raw: bytes) -> str | None:
+    """The routing key (its queue, for Celery's default exchange) of a kombu unacked entry,
+    stored as JSON ``[message, exchange, routing_key]``."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    return entry[2] if isinstance(entry, list) and len(entry) == 3 else None
 
 
 def _never_queued(record: JobRecord) -> bool:

@@ -1,6 +1,8 @@
 """One job, top to bottom: the plain functions a Celery task calls, on the job's own thread.
 
-1. Load the job record; skip it if it already ended (a redelivery).
+0. A Celery message is a turn: pop the next job in fair order across API keys
+   (shared/fairness.py), claimed for this worker.
+1. Load the job record; skip it if it already ended (a redelivery), and pop again.
 2. Mark it running, atomically, unless it was canceled while it waited.
 3. Get the input image (inline from S3, or fetched by URL) and fit it.
 4-5b. Hand the job to the batcher and wait: its GPU thread runs the job in one pipeline
@@ -37,6 +39,7 @@ from tenacity import (
 
 from shared.errors import BackendUnavailable, JobCanceled, JobError, UnknownTask
 from shared.jobs import JobStore, WorkerLiveness
+from shared.logs import task_context
 from shared.models import (
     Envelope,
     GenerationParams,
@@ -118,16 +121,30 @@ class WorkerContext:
         )(self.webhooks.publish, record, event, envelope)
 
 
+def run_turn(ctx: WorkerContext) -> JobRecord | None:
+    """One Celery message: pop jobs in fair order until one runs here; None if none waits.
+
+    Turns are interchangeable (one is published per job put in a lane), so a turn that
+    pops a job it cannot run (it ended, or a live worker holds it) pops the next one.
+    """
+    while (task_id := ctx.jobs.pop(ctx.queue, ctx.name)) is not None:
+        with task_context(task_id):
+            done = run_job(ctx, task_id)
+        if done is not None:
+            return done
+    return None
+
+
 def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
     """Run one job to a terminal state; None when there is nothing (left) to do.
 
-    The message carries only the id: the parameters are the record's, read in step 1, so
-    a message can never run a job other than the one the API recorded.
+    The parameters are the record's, read in step 1: the record is the source of truth.
     """
     try:
         record = ctx.jobs.start(task_id, lambda r: take(ctx, r))
     except UnknownTask:
         log.warning("job %s has no record (expired?); dropping it", task_id)
+        ctx.jobs.unclaim(ctx.queue, task_id, ended=True)
         return None
     if record is None:
         log.info("job %s ended, was canceled or runs elsewhere; not running it", task_id)
@@ -215,13 +232,17 @@ def persist(write: Callable[[JobRecord], T], record: JobRecord) -> T:
 
 
 def resend_completed(ctx: WorkerContext, task_id: str) -> None:
-    """A redelivered job that a worker already ended: its worker may have died before
+    """A job popped again after a worker ended it: its worker may have died before
     queuing the completed webhook, so queue it again (same webhook-id; receivers dedupe).
-    A job canceled while it waited never ran; the API sent its webhook."""
+    A job canceled while it waited never ran; the API sent its webhook. Either way the
+    claim goes; a job a live worker holds keeps that worker's index entries."""
+    ended = True
     with suppress(UnknownTask):
         record = ctx.jobs.get(task_id)
-        if record.status.is_terminal and record.attempts > 0:
+        ended = record.status.is_terminal
+        if ended and record.attempts > 0:
             ctx.notify(record, WebhookEvent.COMPLETED)
+    ctx.jobs.unclaim(ctx.queue, task_id, ended=ended)
 
 
 def fail(record: JobRecord, reason: str) -> None:

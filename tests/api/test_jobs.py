@@ -7,13 +7,13 @@ import json
 import uuid
 
 from api import create_app
-from shared.jobs import WorkerLiveness, connect_redis, key
+from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
 from shared.settings import Settings
 from tests.api.conftest import UNSERVED_QUEUES
 from tests.conftest import data_uri, png_bytes, settings_from
 
 
-def test_the_message_carries_only_the_task_id(
+def test_the_message_is_a_turn_and_the_job_waits_in_its_keys_lane(
     stack_env: dict[str, str], auth: dict[str, str]
 ) -> None:
     queue = f"apitest.{uuid.uuid4().hex[:8]}"
@@ -30,10 +30,13 @@ def test_the_message_carries_only_the_task_id(
     redis.delete(queue)
     message = json.loads(raw)
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    assert args == [answer.json["task_id"]]  # the worker reads the rest from the record
-    headers = message["headers"]
-    assert prompt not in raw.decode() and prompt not in headers["argsrepr"]
-    assert answer.json["task_id"] in headers["argsrepr"]  # Flower still says which job it is
+    assert args == []  # a turn: the worker pops the next job in fair order
+    assert prompt not in raw.decode()
+    jobs = JobStore(redis, settings.job_ttl_s)
+    owner = jobs.get(answer.json["task_id"]).owner
+    assert jobs.backlog(queue) == {owner: 1}
+    assert jobs.pop(queue, "w") == answer.json["task_id"]
+    jobs.unclaim(queue, answer.json["task_id"], ended=True)
 
 
 def test_a_live_answer_is_trusted_for_a_second_and_a_dead_one_never(

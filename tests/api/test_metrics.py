@@ -8,16 +8,18 @@ gunicorn. Counters are shared by every app in the process, so each test reads de
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.jobs import WorkerLiveness, connect_redis, key
+from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
+from shared.metrics import BACKLOG_KEYS
 from shared.models import InferenceType
 from shared.settings import Settings
-from tests.conftest import data_uri, png_bytes
+from tests.conftest import data_uri, job_record, png_bytes
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -81,6 +83,32 @@ def test_queue_depth_is_read_from_the_queued_set_of_each_gpu_class(
     assert {labels for name, labels in samples if name == "easel_queue_depth"} == {
         frozenset({("inference_type", kind.value)}) for kind in InferenceType
     }
+
+
+def test_backlog_per_key_is_labelled_by_key_id_and_bounded(
+    client: FlaskClient, settings: Settings
+) -> None:
+    redis = connect_redis(settings)
+    jobs = JobStore(redis, settings.job_ttl_s)
+    queue = settings.queue_for(InferenceType.A100)
+    sizes = {f"key{n:02d}": n + 1 for n in range(BACKLOG_KEYS + 3)}  # 3 keys too many
+    for owner, size in sizes.items():
+        for _ in range(size):
+            record = job_record(str(uuid.uuid4()), owner=owner)
+            jobs.create(record.model_copy(update={"queue": queue}), weight=1)
+    try:
+        samples = scrape(client)
+    finally:
+        while (task_id := jobs.pop(queue, "metrics-test")) is not None:
+            jobs.unclaim(queue, task_id, ended=True)
+        redis.delete(key("queued", queue))
+    shown = {
+        dict(labels)["key"]: value(samples, "easel_queue_backlog", **dict(labels))
+        for name, labels in samples
+        if name == "easel_queue_backlog" and dict(labels)["inference_type"] == "a100"
+    }
+    largest = sorted(sizes, key=lambda owner: -sizes[owner])[:BACKLOG_KEYS]
+    assert shown == {**{o: sizes[o] for o in largest}, "other": 1 + 2 + 3}
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ import json
 import uuid
 
 from api import create_app
+from api.auth import owner_id
 from shared.jobs import connect_redis
-from tests.conftest import data_uri, png_bytes, settings_from
+from shared.queues import GENERATE_TASK
+from tests.conftest import API_KEY, data_uri, png_bytes, settings_from
 
 
 def test_a_job_is_queued_while_its_class_has_no_worker(
@@ -28,9 +30,12 @@ def test_a_job_is_queued_while_its_class_has_no_worker(
         assert answer.json["state"] == "queued" and answer.json["queue_position"] == 1
         assert redis.llen(queue) == 1  # Celery's list on Redis: what KEDA scales on
         message = json.loads(redis.lindex(queue, 0))
-        assert message["headers"]["id"] == answer.json["task_id"]
+        assert message["headers"]["task"] == GENERATE_TASK  # a turn; the job waits in its lane
+        assert redis.lrange(f"easel:lane:{queue}:{owner_id(API_KEY)}", 0, -1) == [
+            answer.json["task_id"].encode()
+        ]
     finally:
-        redis.delete(queue, f"easel:queued:{queue}")
+        redis.delete(queue, f"easel:queued:{queue}", f"easel:lanes:{queue}")
 
 
 def test_by_default_a_class_without_workers_is_refused(

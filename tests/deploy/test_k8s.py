@@ -16,7 +16,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 import shared.metrics
-from shared.metrics import QUEUE_DEPTH
+from shared.metrics import QUEUE_BACKLOG, QUEUE_DEPTH
 from shared.models import InferenceType
 from shared.registry import load_registry
 from shared.settings import Settings
@@ -544,6 +544,7 @@ METRICS: dict[str, set[str]] = {
     "easel_batch_jobs": {"app_id", "inference_type"},
     "easel_gpu_idle_seconds": {"inference_type"},
     "easel_queue_depth": {"inference_type"},
+    "easel_queue_backlog": {"inference_type", "key"},
     "easel_worker_inflight": {"worker"},
     "easel_gpu_memory_bytes": {"device"},
     "easel_http_requests_total": {"method", "endpoint", "status"},
@@ -640,7 +641,8 @@ def test_metric_check_would_catch_a_typo_or_a_wrong_label() -> None:
 
 def defined_metrics() -> dict[str, set[str]]:
     """Every metric shared/metrics.py defines, by the name a scrape shows, with its labels."""
-    found = {QUEUE_DEPTH: {"inference_type"}}  # a name only: api/metrics.py builds it per scrape
+    # Names only: api/metrics.py builds these per scrape.
+    found = {QUEUE_DEPTH: {"inference_type"}, QUEUE_BACKLOG: {"inference_type", "key"}}
     for value in vars(shared.metrics).values():
         if isinstance(value, MetricWrapperBase):
             suffix = "_total" if value._type == "counter" else ""  # a Counter's name drops it

@@ -47,7 +47,7 @@ def test_create_prints_a_working_key_once_list_never_shows_it_revoke_refuses_it(
     (api_key,) = out.split()  # stdout carries the key and nothing else
     assert api_key.startswith("esl_")
     key_id = err.split()[2]
-    assert f"created key {key_id} ({name}, 30/minute, at most 3 in flight)" in err
+    assert f"created key {key_id} ({name}, 30/minute, at most 3 in flight, weight 1)" in err
 
     http = create_app(settings_from(stack_env)).test_client()
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -68,6 +68,27 @@ def test_create_prints_a_working_key_once_list_never_shows_it_revoke_refuses_it(
     status, out, _ = easel(capsys, "keys", "list")
     (row,) = [line for line in out.splitlines() if line.startswith(key_id)]
     assert row.split()[-1] != "-"  # the REVOKED column has a time
+
+
+def test_a_weight_is_set_at_create_listed_changed_and_bounded(
+    capsys: pytest.CaptureFixture[str], stack_env: dict[str, str]
+) -> None:
+    name = f"weighted-{secrets.token_hex(4)}"
+    status, _, err = easel(capsys, "keys", "create", "--name", name, "--weight", "3")
+    assert status == 0 and "weight 3)" in err
+    key_id = err.split()[2]
+    status, out, _ = easel(capsys, "keys", "list")
+    header, *rows = out.splitlines()
+    (row,) = [line for line in rows if line.startswith(key_id)]
+    assert row.split()[header.split().index("WEIGHT")] == "3"
+    status, out, _ = easel(capsys, "keys", "weight", key_id, "5")
+    assert status == 0 and out.strip() == f"key {key_id} ({name}) now has weight 5"
+    store = KeyStore(connect_redis(settings_from(stack_env)), settings_from(stack_env))
+    assert store.get(key_id).weight == 5
+    for bad in (["weight", key_id, "0"], ["create", "--name", "w", "--weight", "1001"]):
+        status, _, err = easel(capsys, "keys", *bad)
+        assert status == 2 and "weight" in err
+    assert store.get(key_id).weight == 5
 
 
 def test_revoking_an_unknown_id_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +114,7 @@ def test_defaults_come_from_settings(
     status, _, err = easel(capsys, "keys", "create", "--name", "defaults")
     assert status == 0
     rate, cap = stack_env["EASEL_DEFAULT_RATE_LIMIT"], stack_env["EASEL_DEFAULT_MAX_INFLIGHT"]
-    assert f"(defaults, {rate}, at most {cap} in flight)" in err
+    assert f"(defaults, {rate}, at most {cap} in flight, weight 1)" in err
 
 
 def whsec_in(text: str) -> str:

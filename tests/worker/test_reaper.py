@@ -3,6 +3,7 @@ runs a job that a live worker still holds."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -60,11 +61,16 @@ def test_a_job_whose_worker_died_is_queued_again(jobs: JobStore, settings: Setti
     assert job.task_id not in jobs.running(QUEUE)
     position, _, _ = jobs.queue_snapshot(record, settings.worker_stale_after_s)
     assert position is not None  # counted among the waiting again
-    ((name, options),) = sent
-    assert name == GENERATE_TASK
-    assert options["task_id"] == job.task_id and options["queue"] == QUEUE
-    assert options["args"] == [job.task_id]  # the id only: the worker reads the record
-    assert "time_limit" not in options  # the worker enforces its model's own limit
+    assert sent == [(GENERATE_TASK, {"queue": QUEUE})]  # a turn: it names no job, no limit
+    assert popped_next(jobs) == job.task_id  # first in its lane again
+
+
+def popped_next(jobs: JobStore) -> str | None:
+    """The next job a turn pops, claim dropped again so that no later sweep sees it."""
+    task_id = jobs.pop(QUEUE, "next-worker")
+    if task_id is not None:
+        jobs.unclaim(QUEUE, task_id, ended=True)
+    return task_id
 
 
 def held_job(jobs: JobStore, worker: str) -> JobRecord:
@@ -94,7 +100,8 @@ def test_a_held_job_keeps_its_queue_place_and_goes_back_when_its_worker_dies(
     record = jobs.get(job.task_id)
     assert (record.state, record.worker, record.attempts) == (JobState.QUEUED, None, 0)
     assert job.task_id not in jobs.running(QUEUE)
-    assert [options["args"] for _, options in sent] == [[job.task_id]]
+    assert sent == [(GENERATE_TASK, {"queue": QUEUE})]
+    assert popped_next(jobs) == job.task_id
 
 
 def test_a_held_job_of_a_live_worker_is_left_alone(jobs: JobStore, settings: Settings) -> None:
@@ -188,3 +195,84 @@ def test_an_unconfirmed_job_a_worker_took_after_all_is_left_to_run(
     assert Reaper(jobs, settings, Sent()).sweep() == []
     assert jobs.get(taken.task_id).state is JobState.RUNNING
     assert taken.task_id not in jobs.unpublished(QUEUE, time.time())
+
+
+def claimed_job(jobs: JobStore, worker: str) -> JobRecord:
+    """A job a worker popped in its turn and has not taken yet."""
+    owner = f"claims-{uuid.uuid4().hex[:6]}"
+    record = job_record(str(uuid.uuid4()), owner=owner)
+    record.queue = QUEUE
+    jobs.create(record, weight=1)
+    while (popped := jobs.pop(QUEUE, worker)) != record.task_id:
+        assert popped is not None  # earlier tests' leftovers go first; they are not ours
+        jobs.unclaim(QUEUE, popped, ended=False)
+    return record
+
+
+def test_a_claim_whose_worker_died_goes_back_to_the_head_of_its_lane(
+    jobs: JobStore, settings: Settings
+) -> None:
+    claimed = claimed_job(jobs, "dead-popper/1")
+    later = job_record(str(uuid.uuid4()), owner=claimed.owner)
+    later.queue = QUEUE
+    jobs.create(later, weight=1)
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == [claimed.task_id]
+    assert jobs.claims(QUEUE).get(claimed.task_id) is None
+    assert claimed.task_id not in jobs.running(QUEUE)
+    assert sent == [(GENERATE_TASK, {"queue": QUEUE})]
+    assert jobs.backlog(QUEUE)[claimed.owner] == 2
+    position, _, _ = jobs.queue_snapshot(claimed, settings.worker_stale_after_s)
+    later_position, _, _ = jobs.queue_snapshot(later, settings.worker_stale_after_s)
+    assert position is not None and later_position is not None and later_position > position
+    lane = key("lane", f"{QUEUE}:{claimed.owner}")
+    assert jobs.redis.lrange(lane, 0, -1) == [claimed.task_id.encode(), later.task_id.encode()]
+
+
+def test_a_claim_of_a_live_worker_is_left_alone(jobs: JobStore, settings: Settings) -> None:
+    WorkerLiveness(jobs.redis, settings.worker_stale_after_s).beat(QUEUE, "live-popper/1")
+    claimed = claimed_job(jobs, "live-popper/1")
+    assert Reaper(jobs, settings, Sent()).sweep() == []
+    assert jobs.claims(QUEUE)[claimed.task_id] == "live-popper/1"
+    jobs.unclaim(QUEUE, claimed.task_id, ended=True)
+
+
+@pytest.fixture
+def lonely(settings: Settings) -> Settings:
+    """Settings for a queue of this test alone, so that its turns are countable."""
+    return settings.model_copy(
+        update={"queues": {**settings.queues, "a10g": f"reconcile-{uuid.uuid4().hex[:8]}"}}
+    )
+
+
+def test_jobs_without_turns_get_them_after_two_sweeps(jobs: JobStore, lonely: Settings) -> None:
+    queue = lonely.queue_for(lonely.worker_gpu)
+    for _ in range(3):
+        record = job_record(str(uuid.uuid4()))
+        record.queue = queue
+        jobs.create(record, weight=1)
+    jobs.redis.rpush(queue, b"a-turn")  # Celery's list holds one turn: two are missing
+    reaper, sent = Reaper(jobs, lonely, Sent()), Sent()
+    reaper.send_task = sent
+    assert reaper.reconcile() == 0  # once could be a turn in flight between list and unacked
+    assert reaper.reconcile() == 2
+    assert sent == [(GENERATE_TASK, {"queue": queue})] * 2
+    jobs.redis.delete(queue)
+
+
+def test_unacked_turns_count_and_no_job_waiting_needs_none(
+    jobs: JobStore, lonely: Settings
+) -> None:
+    queue = lonely.queue_for(lonely.worker_gpu)
+    record = job_record(str(uuid.uuid4()))
+    record.queue = queue
+    jobs.create(record, weight=1)
+    entry = json.dumps([{"body": "..."}, "", queue])  # kombu's [message, exchange, routing key]
+    jobs.redis.hset("unacked", f"tag-{queue}", entry)
+    reaper, sent = Reaper(jobs, lonely, Sent()), Sent()
+    reaper.send_task = sent
+    assert [reaper.reconcile(), reaper.reconcile()] == [0, 0]
+    jobs.redis.hdel("unacked", f"tag-{queue}")
+    assert jobs.pop(queue, "w") == record.task_id
+    assert [reaper.reconcile(), reaper.reconcile()] == [0, 0]  # nothing waits any more
+    assert sent == []

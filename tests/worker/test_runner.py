@@ -18,7 +18,7 @@ from PIL import Image, ImageChops
 from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
 from shared.models import JobRecord, JobState, JobStatus, WebhookEvent
 from shared.netguard import GuardedHttp, policy_from
-from shared.queues import GENERATE_TASK, publish_job, visibility_timeout_s
+from shared.queues import GENERATE_TASK, publish_turn, visibility_timeout_s
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -254,11 +254,10 @@ def test_a_job_past_its_time_limit_ends_failed_at_the_next_step(ctx: WorkerConte
     assert time.monotonic() - started < 2.5  # stopped at the step past 1 s, not after 3 s
 
 
-def test_a_message_carries_only_the_task_id(ctx: WorkerContext) -> None:
+def test_a_message_is_a_turn_that_names_no_job(ctx: WorkerContext) -> None:
     sent = SentTasks()
-    job = job_record("id-only")
-    publish_job(sent.append_task, job)
-    assert sent == [(GENERATE_TASK, [job.task_id], job.queue, {"task_id": job.task_id})]
+    publish_turn(lambda name, queue: sent.append_task(name, [], queue), "q", count=2)
+    assert sent == [(GENERATE_TASK, [], "q", {})] * 2
     assert visibility_timeout_s(ctx.settings) > 3 * 3600 + 60  # the longest a model may set
 
 
