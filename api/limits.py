@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import suppress
-from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
@@ -33,6 +32,7 @@ from limits.errors import StorageError
 
 from api.auth import authenticate, client_address
 from shared.errors import BackendUnavailable, EaselError, TooManyRequests
+from shared.redisconn import flask_limiter_storage
 from shared.settings import Settings
 
 
@@ -49,14 +49,10 @@ def key_rate() -> str:
 def init_app(app: Flask, settings: Settings, keyed: list[Blueprint]) -> None:
     """Rate-limit the ``keyed`` Blueprints per key, counting in the job Redis."""
     parse_many(settings.default_rate_limit)  # a typo fails at start, not on every request
-    storage_options: dict[str, Any] = {  # passed to redis-py (typed str | int, takes floats)
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
-        "wrap_exceptions": True,  # Redis trouble arrives as one StorageError: a 503
-    }
+    storage_uri, storage_options = flask_limiter_storage(settings)  # Sentinel-aware
     limiter = Limiter(
         key_func=key_bucket,
-        storage_uri=settings.redis_url,
+        storage_uri=storage_uri,
         storage_options=storage_options,
         strategy="moving-window",  # a window that slides: no double burst at a boundary
         key_prefix="easel",

@@ -40,12 +40,11 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from shared import fairness
 from shared.errors import BackendUnavailable, ExpiredTask, UnknownTask
 from shared.models import JobRecord, JobState, JobStatus
+from shared.redisconn import redis_client
 from shared.settings import Settings
 
 PREFIX = "easel:"
@@ -78,14 +77,9 @@ return 1
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client that fails within the configured timeout instead of hanging."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
+    """A Redis client that fails within the configured timeout instead of hanging, and
+    follows the primary through a failover (Sentinel or managed: shared/redisconn.py)."""
+    return redis_client(settings)
 
 
 def key(kind: str, name: str) -> str:

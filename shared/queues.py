@@ -17,6 +17,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from shared.redisconn import broker_transport_options, broker_url
 from shared.settings import Settings
 
 GENERATE_TASK = "easel.generate"
@@ -54,9 +55,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": visibility_timeout_s(settings),
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
+        **broker_transport_options(settings),  # Sentinel's master name and passwords
     }
     return {
-        "broker_url": settings.broker_url or settings.redis_url,
+        "broker_url": broker_url(settings),
         "broker_transport_options": transport,
         "broker_connection_timeout": settings.redis_timeout_s,
         "broker_connection_retry_on_startup": True,

@@ -160,6 +160,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> It
         "EASEL_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
         "EASEL_S3_BUCKET": "easel-faults",
         "EASEL_BOOTSTRAP_API_KEY": API_KEY,
+        # Keys of their own: the flood run's two tenants (easel keys create).
+        "EASEL_KEY_HASH_SECRET": "easel-faults-key-hash-secret-longer-than-32-chars",
         "EASEL_MODEL_DIR": str(state_dir / "models"),
         "EASEL_WARM_MODELS": '["tiny-sd"]',
         "EASEL_TORCH_THREADS": "1",

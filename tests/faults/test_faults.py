@@ -14,6 +14,9 @@ import time
 import httpx
 import pytest
 
+from shared.jobs import connect_redis
+from shared.keys import KeyStore
+from shared.models import InferenceType
 from tests.conftest import API_KEY, data_uri, png_bytes
 from tests.faults.conftest import FaultStack, settle, stop_group
 
@@ -23,7 +26,9 @@ BOUND_S = 180  # every accepted job ends within this, fault included
 IMAGE = data_uri(png_bytes(512, 512))
 
 
-def submit_many(stack: FaultStack, count: int, gpu: str = "a10g") -> list[str]:
+def submit_many(
+    stack: FaultStack, count: int, gpu: str = "a10g", api_key: str = API_KEY
+) -> list[str]:
     """Accepted task ids; a 503 (nothing accepted) is retried, as a client would."""
     ids: list[str] = []
     body = {
@@ -31,7 +36,7 @@ def submit_many(stack: FaultStack, count: int, gpu: str = "a10g") -> list[str]:
         "inference_type": gpu,
     }  # fmt: skip
     with httpx.Client(
-        base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
     ) as client:
         while len(ids) < count:
             try:
@@ -76,6 +81,31 @@ def test_kill_9_a_worker_mid_batch_redelivers_every_member(fault_stack: FaultSta
     assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
     again = [fault_stack.jobs().get(m.task_id) for m in members]
     assert all(r.attempts >= 2 and r.worker != members[0].worker for r in again), again
+    fault_stack.wait_live_workers(2)
+
+
+def test_kill_9_the_worker_dispatching_mid_flood(fault_stack: FaultStack) -> None:
+    """Which job runs next is decided inside the workers: each turn pops the fairest job
+    (shared/fairness.py), so the dispatching is done by whichever worker pops. Kill one
+    while a key floods and another key's jobs are popped, held and run among the flood's:
+    every job of both keys still ends exactly once."""
+    settings = fault_stack.settings
+    keys = KeyStore(connect_redis(settings), settings)
+    flood_key, _ = keys.create("fault-flood", "100000/minute", 500)
+    other_key, _ = keys.create("fault-other", "100000/minute", 500)
+    flood: list[str] = []
+    flooding = threading.Thread(
+        target=lambda: flood.extend(submit_many(fault_stack, 40, api_key=flood_key))
+    )
+    flooding.start()
+    others = submit_many(fault_stack, 10, api_key=other_key)
+    _, group = fault_stack.worker_running(fault_stack.jobs(), others)
+    kill_9_and_replace(fault_stack, group)
+    flooding.join()
+    tally = settle(fault_stack, "kill-9-worker-mid-flood", flood + others, BOUND_S)
+    assert (tally.lost, tally.duplicated, tally.failed) == (0, 0, 0), tally
+    jobs = fault_stack.jobs()
+    assert jobs.claims(settings.queue_for(InferenceType.A10G)) == {}  # no claim left behind
     fault_stack.wait_live_workers(2)
 
 
