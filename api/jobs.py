@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 import uuid
 from contextlib import suppress
@@ -28,6 +29,8 @@ from shared.netguard import BlockedURL
 from shared.queues import BROKER_DOWN, publish_turn
 from shared.registry import ModelSpec
 from shared.storage import Storage
+
+log = logging.getLogger(__name__)
 
 # Magic numbers of the formats a worker will decode; the worker checks again, fully.
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
@@ -190,6 +193,29 @@ def submit(
     except BROKER_DOWN as exc:
         forget(services, record, image is not None)  # if Redis is down too: the reaper
         raise BackendUnavailable("the job queue is unreachable; the job was not accepted") from exc
-    services.jobs.published(record)
+    confirm(services, record, image is not None)
     count_job(record)
     return record
+
+
+def confirm(services: Services, record: JobRecord, had_input: bool) -> None:
+    """Accept the job only once ``EASEL_REDIS_WAIT_REPLICAS`` replicas hold it, so that a
+    failover cannot lose a job already acknowledged; else take it back and answer 503.
+
+    A worker may take the job in the meantime (turns are interchangeable): then it runs,
+    whatever Redis does next, and the answer is the job's."""
+    settings = services.settings
+    replicas, timeout_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+    if services.jobs.published(record, replicas, timeout_ms):
+        return
+    if not services.jobs.take_back(record):
+        log.warning(
+            "job %s ran before %d replicas confirmed it; accepted", record.task_id, replicas
+        )
+        return
+    if had_input:
+        services.storage.delete(Storage.input_key(record.task_id))
+    raise BackendUnavailable(
+        f"the job was not confirmed on {replicas} Redis replica(s) within {timeout_ms} ms "
+        "(EASEL_REDIS_WAIT_REPLICAS), so it was not accepted; try again shortly"
+    )

@@ -126,6 +126,25 @@ return out
 """
 
 
+# KEYS: queued, lanes, claims, running. ARGV: the lanes' key prefix. The waiting jobs that
+# are in no lane, not claimed and not held or running: a lane write a failover lost.
+UNPLACED = """
+local queued = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #queued == 0 then return {} end
+local placed = {}
+for _, owner in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  for _, id in ipairs(redis.call('LRANGE', ARGV[1] .. owner, 0, -1)) do placed[id] = true end
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[3])) do placed[id] = true end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do placed[id] = true end
+local out = {}
+for _, id in ipairs(queued) do
+  if not placed[id] then table.insert(out, id) end
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Lane:
     """One key's waiting jobs: the pass of its head job, its stride, how many wait."""

@@ -23,6 +23,7 @@ Keys (all under ``easel:``):
                        per-key input quota; the images themselves are in S3 (inputs/<id>)
     inflight:<owner>   an owner's unfinished task ids: the in-flight cap (shared/keys.py)
     workers:<queue>    sorted set of live worker names, scored by their last heartbeat
+    hands:<queue>      hash of worker name -> the jobs it had at its last heartbeat (JSON)
     waits:<owner>      an owner's requests waiting for jobs, by when each wait ends (api/waits.py)
     lanes:, lane:, lanestate:, claims:, held:<queue>
                        who starts next: the fair order across keys (shared/fairness.py)
@@ -34,6 +35,7 @@ waiters listen there (api/waits.py).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -100,6 +102,7 @@ class JobStore:
         self._pop = client.register_script(fairness.POP)
         self._remove = client.register_script(fairness.REMOVE)
         self._snapshot = client.register_script(fairness.SNAPSHOT)
+        self._unplaced = client.register_script(fairness.UNPLACED)
 
     def lane_of(self, record: JobRecord) -> str:
         """The lane a job waits in: its owner's, or the one FIFO lane."""
@@ -164,6 +167,23 @@ class JobStore:
             pipe.zrem(key("held", queue), task_id)
         _run(pipe.execute)
 
+    def taken_at(self, queue: str) -> dict[str, float]:
+        """When each job on the running index was popped or taken."""
+        found = cast(
+            list[tuple[bytes, float]],
+            _run(partial(self.redis.zrange, key("running", queue), 0, -1, withscores=True)),
+        )
+        return {_text(task_id): float(at) for task_id, at in found}
+
+    def unplaced(self, queue: str) -> list[str]:
+        """Waiting jobs that are in no lane and that no worker popped, holds or runs: what a
+        failover leaves when it loses a lane's write but not the job's record. (A record
+        made without a weight, as tests do, is one too.)"""
+        keys = [key("queued", queue), key("lanes", queue), key("claims", queue)]
+        keys.append(key("running", queue))
+        found = _run(partial(self._unplaced, keys=keys, args=[key("lane", f"{queue}:")]))
+        return [_text(task_id) for task_id in found]
+
     def backlog(self, queue: str) -> dict[str, int]:
         """How many jobs wait in each key's lane on ``queue``."""
         found = cast(list[bytes], _run(partial(self.redis.zrange, key("lanes", queue), 0, -1)))
@@ -178,9 +198,42 @@ class JobStore:
         args: list[str | int] = [task_id, size, quota, self.ttl_s]
         return bool(_run(partial(self._input_quota, keys=[key("inputbytes", owner)], args=args)))
 
-    def published(self, record: JobRecord) -> None:
-        """The broker has the job's message: it is no longer the reaper's to end."""
-        _run(partial(self.redis.zrem, key("unpublished", record.queue), record.task_id))
+    def published(self, record: JobRecord, replicas: int = 0, timeout_ms: int = 0) -> bool:
+        """The broker has the job's turn: it is no longer the reaper's to end. With
+        ``replicas``, also wait (Redis WAIT, at most ``timeout_ms``) until that many
+        replicas hold every write so far, the job's included; whether they did.
+
+        WAIT counts this connection's last write, so it rides in one pipeline with it; the
+        replication stream is ordered, so the record, its lane and the turn (written before,
+        on other connections) are confirmed with it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(key("unpublished", record.queue), record.task_id)
+        if replicas:
+            pipe.wait(replicas, timeout_ms)
+        answers = _run(pipe.execute)
+        return not replicas or int(answers[-1]) >= replicas
+
+    def take_back(self, record: JobRecord) -> bool:
+        """Forget a job that was recorded and queued but cannot be accepted (its replicas
+        did not confirm it), unless a worker took it meanwhile; whether it was forgotten."""
+        return _run(partial(self._take_back, record))
+
+    def _take_back(self, record: JobRecord) -> bool:
+        job = key("job", record.task_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(job)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(job)
+                    stored = None if raw is None else JobRecord.model_validate_json(raw)
+                    if stored is not None and stored.worker is not None:
+                        return False  # a worker has it: it runs, so it stands
+                    pipe.multi()
+                    self._discard_writes(pipe, record)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def unpublished(self, queue: str, before: float) -> list[str]:
         """Ids recorded on ``queue`` before ``before`` whose publish was never confirmed."""
@@ -445,8 +498,13 @@ class JobStore:
 
     def discard(self, record: JobRecord) -> None:
         """Forget a job that was never accepted (its publish failed)."""
-        task_id = record.task_id
         pipe = self.redis.pipeline(transaction=True)
+        self._discard_writes(pipe, record)
+        pipe.execute()
+
+    def _discard_writes(self, pipe: Any, record: JobRecord) -> None:
+        """Queue what forgetting a job writes: the record, its lane entry and indexes."""
+        task_id = record.task_id
         self._dequeue(pipe, record)
         pipe.zrem(key("held", record.queue), task_id)
         pipe.hdel(key("claims", record.queue), task_id)
@@ -456,7 +514,7 @@ class JobStore:
         pipe.hdel(key("inputbytes", record.owner), task_id)
         pipe.zrem(key("owner", record.owner), task_id)
         pipe.zrem(key("unpublished", record.queue), task_id)
-        pipe.execute()
+        pipe.zrem(key("running", record.queue), task_id)
 
 
 def _text(value: bytes | str) -> str:
@@ -495,17 +553,34 @@ class WorkerLiveness:
             return True
         return False
 
-    def beat(self, queue: str, worker: str) -> None:
-        """Mark one worker alive now."""
-        live = key("workers", queue)
+    def beat(self, queue: str, worker: str, in_hand: list[str] | None = None) -> None:
+        """Mark one worker alive now; with ``in_hand``, also say which jobs it has (popped,
+        held or running) as of now, so the reaper can tell a job whose final write a
+        failover lost (its record names a live worker that no longer has it)."""
+        live, now = key("workers", queue), time.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(live, {worker: time.time()})
-        pipe.zremrangebyscore(live, "-inf", time.time() - self.stale_after_s)
+        pipe.zadd(live, {worker: now})
+        pipe.zremrangebyscore(live, "-inf", now - self.stale_after_s)
+        if in_hand is not None:
+            snapshot = json.dumps({"at": now, "jobs": in_hand})
+            pipe.hset(key("hands", queue), worker, snapshot)
         pipe.execute()
 
     def leave(self, queue: str, worker: str) -> None:
         """Remove a worker that is shutting down."""
-        self.redis.zrem(key("workers", queue), worker)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(key("workers", queue), worker)
+        pipe.hdel(key("hands", queue), worker)
+        pipe.execute()
+
+    def hands(self, queue: str, workers: set[str]) -> dict[str, tuple[float, set[str]]]:
+        """What each of ``workers`` last said it has: (as of when, its job ids)."""
+        found = self.redis.hgetall(key("hands", queue))
+        stale = [name for name in found if _text(name) not in workers]
+        if stale:
+            self.redis.hdel(key("hands", queue), *stale)  # workers gone for good
+        snapshots = {_text(k): json.loads(v) for k, v in found.items() if _text(k) in workers}
+        return {name: (float(s["at"]), set(s["jobs"])) for name, s in snapshots.items()}
 
     def live(self, queue: str) -> list[str]:
         """The workers that beat recently on this queue."""

@@ -119,13 +119,13 @@ class WorkerProcess:
             self.warmed.set()
             return
         with suppress(RedisError, BackendUnavailable):  # live before the first job is held
-            ctx.liveness.beat(ctx.queue, ctx.name)
+            ctx.liveness.beat(ctx.queue, ctx.name, ctx.hands())
         self.warmed.set()
         reaper = Reaper(ctx.jobs, self.settings, self.app.send_task, self.broker())
         while True:
             self._exit_if_hung()
             try:
-                ctx.liveness.beat(ctx.queue, ctx.name)
+                ctx.liveness.beat(ctx.queue, ctx.name, ctx.hands())
                 reaper.maybe_sweep()
             except (RedisError, BackendUnavailable, OperationalError):
                 log.warning("heartbeat or reaper sweep failed; retrying")

@@ -13,6 +13,13 @@ its worker has stopped heartbeating, and its start is older than the staleness w
   one worker run it, and a late one finds it ended);
 - otherwise it ends FAILED: "worker lost N times".
 
+A live worker can also lose a job: a Redis failover may drop the last writes, so a job's
+record can still name a worker that finished it (or dropped it, unable to admit a record
+that lost its take). Each heartbeat says which jobs the worker has; a job taken well before
+that heartbeat and missing from it is that worker's no longer, and is reaped the same way.
+And a waiting job that is in no lane and that no worker has (its lane's write lost) goes
+back in its lane, with a turn.
+
 It also reconciles turns with waiting jobs (``reconcile``): a job waits in a lane until a
 turn pops it, so a turn lost from the broker (a Redis failover loses the last writes)
 would leave a job waiting forever. Turns are interchangeable, so it is enough to count:
@@ -34,6 +41,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 
 UNPUBLISHED_GRACE_S = 60.0  # far past a publish's own timeouts and retries
 UNACKED = "unacked"  # kombu's Redis transport: the hash of delivered, unacked messages
+# A job popped this close before a worker's heartbeat may be missing from what it said:
+# the job's thread counts it in hand just after its pop returns.
+HANDS_MARGIN_S = 2.0
 
 
 class Reaper:
@@ -84,14 +95,17 @@ class Reaper:
     def sweep(self) -> list[str]:
         """Requeue or fail every orphaned job on this queue; the ids it touched."""
         live = set(self.liveness.live(self.queue))
-        claims = self.jobs.claims(self.queue)
-        stale_before = time.time() - self.settings.worker_stale_after_s
+        seen = Seen(
+            live=live,
+            claims=self.jobs.claims(self.queue),
+            hands=self.liveness.hands(self.queue, live),
+            taken_at=self.jobs.taken_at(self.queue),
+            stale_before=time.time() - self.settings.worker_stale_after_s,
+        )
         reaped = []
-        for task_id in self.jobs.running(self.queue):
+        for task_id in seen.taken_at:
             try:
-                record = self.jobs.transition(
-                    task_id, lambda r: self._orphan(r, live, claims, stale_before)
-                )
+                record = self.jobs.transition(task_id, lambda r: self._orphan(r, seen))
             except UnknownTask:
                 self.jobs.unclaim(self.queue, task_id, ended=True)
                 continue
@@ -104,8 +118,24 @@ class Reaper:
             else:
                 log.warning("job %s lost its worker too often; failed", task_id)
                 self.jobs.finish(record)
+        reaped += self.replace_unplaced()
         self.reconcile()
         return reaped + self.sweep_unpublished()
+
+    def replace_unplaced(self) -> list[str]:
+        """Put back in its lane, with a turn, every waiting job that is in none and that no
+        worker has (a failover lost the lane's write); the ids it put back."""
+        placed = []
+        for task_id in self.jobs.unplaced(self.queue):
+            try:
+                record = self.jobs.transition(task_id, _unplaced)
+            except UnknownTask:
+                continue
+            if record is not None:
+                log.warning("job %s was in no lane; queued again", task_id)
+                publish_turn(self.send_task, self.queue)
+                placed.append(task_id)
+        return placed
 
     def reconcile(self) -> int:
         """Publish the turns that waiting jobs lack (see the module docstring); how many."""
@@ -144,23 +174,26 @@ class Reaper:
             ended.append(task_id)
         return ended
 
-    def _orphan(
-        self, record: JobRecord, live: set[str], claims: dict[str, str], stale_before: float
-    ) -> bool:
+    def _orphan(self, record: JobRecord, seen: Seen) -> bool:
         if record.status.is_terminal:
             self.jobs.unclaim(self.queue, record.task_id, ended=True)
             return False
         if record.worker is None:  # popped and not taken: back to its lane if its worker died
-            claimant = claims.get(record.task_id)
-            return record.state is JobState.QUEUED and claimant is not None and claimant not in live
-        if record.worker in live:
+            claimant = seen.claims.get(record.task_id)
+            return (
+                record.state is JobState.QUEUED
+                and claimant is not None
+                and not seen.has(claimant, record.task_id)
+            )
+        forgotten = record.worker in seen.live and not seen.has(record.worker, record.task_id)
+        if record.worker in seen.live and not forgotten:
             return False
         if record.state is JobState.QUEUED:  # held, never admitted: it has not run at all
             record.worker = None
             return True
         if record.state not in (JobState.RUNNING, JobState.UPLOADING):
             return False
-        if (record.started_at or 0) > stale_before:
+        if not forgotten and (record.started_at or 0) > seen.stale_before:
             return False
         if record.attempts >= self.settings.max_attempts:
             record.state = JobState.FAILED
@@ -169,6 +202,35 @@ class Reaper:
         else:
             record.state, record.progress, record.worker = JobState.QUEUED, None, None
         return True
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one sweep read of the queue's workers before judging its jobs."""
+
+    live: set[str]
+    claims: dict[str, str]  # popped, not taken: job id -> the worker that popped it
+    hands: dict[str, tuple[float, set[str]]]  # worker -> (as of when, the jobs it had)
+    taken_at: dict[str, float]  # job id -> when a worker popped or took it
+    stale_before: float
+
+    def has(self, worker: str, task_id: str) -> bool:
+        """Whether ``worker`` may still have the job: it is alive and either said so at its
+        last heartbeat, or took the job too recently for that heartbeat to know (or has
+        said nothing yet). A live worker that took a job well before its heartbeat and did
+        not list it has finished it, and the record saying otherwise lost a write."""
+        if worker not in self.live:
+            return False
+        said = self.hands.get(worker)
+        if said is None:
+            return True
+        at, jobs = said
+        return task_id in jobs or self.taken_at.get(task_id, at) > at - HANDS_MARGIN_S
+
+
+def _unplaced(record: JobRecord) -> bool:
+    """The change that puts a waiting job back in its lane (``JobStore._write`` does)."""
+    return record.state is JobState.QUEUED and record.worker is None
 
 
 def _routing_key(raw: bytes) -> str | None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -83,6 +84,10 @@ class WorkerContext:
     liveness: WorkerLiveness = field(init=False)
     queue: str = field(init=False)
     batcher: Batcher = field(init=False)  # the one thread that runs pipeline calls
+    # The jobs this process has popped and not yet finished with: its heartbeat says so, and
+    # the reaper trusts a record naming this worker only for the jobs listed here.
+    in_hand: set[str] = field(init=False, default_factory=set)
+    _hand_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.liveness = WorkerLiveness(self.jobs.redis, self.settings.worker_stale_after_s)
@@ -94,6 +99,22 @@ class WorkerContext:
             observe=lambda group, idle_s: observe(self, group, idle_s),
             admit=lambda group: admit(self, group),
         )
+
+    def hands(self) -> list[str]:
+        """What ``in_hand`` holds now."""
+        with self._hand_lock:
+            return sorted(self.in_hand)
+
+    @contextmanager
+    def holding(self, task_id: str) -> Iterator[None]:
+        """Count a job in hand from its pop to the end of its run, final write included."""
+        with self._hand_lock:
+            self.in_hand.add(task_id)
+        try:
+            yield
+        finally:
+            with self._hand_lock:
+                self.in_hand.discard(task_id)
 
     def live_workers(self) -> set[str]:
         """The workers heartbeating on this worker's queue now."""
@@ -128,7 +149,9 @@ def run_turn(ctx: WorkerContext) -> JobRecord | None:
     pops a job it cannot run (it ended, or a live worker holds it) pops the next one.
     """
     while (task_id := ctx.jobs.pop(ctx.queue, ctx.name)) is not None:
-        with task_context(task_id):
+        # (A heartbeat between the pop and this line misses the job; the reaper allows for
+        # that: worker/reaper.py HANDS_MARGIN_S.)
+        with task_context(task_id), ctx.holding(task_id):
             done = run_job(ctx, task_id)
         if done is not None:
             return done

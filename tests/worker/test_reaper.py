@@ -15,7 +15,7 @@ from shared.models import JobRecord, JobState
 from shared.queues import GENERATE_TASK
 from shared.settings import Settings
 from tests.conftest import job_record
-from worker.reaper import UNPUBLISHED_GRACE_S, Reaper
+from worker.reaper import HANDS_MARGIN_S, UNPUBLISHED_GRACE_S, Reaper
 
 QUEUE = "reapertest.a10g"
 
@@ -35,6 +35,14 @@ def settings(stack_settings: Settings) -> Settings:
 @pytest.fixture
 def jobs(settings: Settings) -> JobStore:
     return JobStore(connect_redis(settings), settings.job_ttl_s)
+
+
+@pytest.fixture(autouse=True)
+def fresh_queue(jobs: JobStore) -> None:
+    """Each test starts from an empty queue: no earlier test's jobs for its sweeps."""
+    kinds = ("lanes", "lanestate", "claims", "held", "running", "queued", "unpublished")
+    names = [key(kind, QUEUE) for kind in (*kinds, "workers", "hands")]
+    jobs.redis.delete(*names, *jobs.redis.keys(key("lane", f"{QUEUE}:*")))
 
 
 def running_job(jobs: JobStore, worker: str, attempts: int = 1, age_s: float = 60) -> JobRecord:
@@ -159,7 +167,7 @@ def recorded_job(jobs: JobStore, age_s: float) -> JobRecord:
     """A job the API recorded ``age_s`` ago and never confirmed on the broker."""
     record = job_record(str(uuid.uuid4()), owner=f"owner-{uuid.uuid4().hex[:6]}")
     record.queue, record.created_at = QUEUE, time.time() - age_s
-    jobs.create(record)
+    jobs.create(record, weight=1)
     jobs.redis.zadd(key("inflight", record.owner), {record.task_id: record.created_at})
     return record
 
@@ -203,9 +211,7 @@ def claimed_job(jobs: JobStore, worker: str) -> JobRecord:
     record = job_record(str(uuid.uuid4()), owner=owner)
     record.queue = QUEUE
     jobs.create(record, weight=1)
-    while (popped := jobs.pop(QUEUE, worker)) != record.task_id:
-        assert popped is not None  # earlier tests' leftovers go first; they are not ours
-        jobs.unclaim(QUEUE, popped, ended=False)
+    assert jobs.pop(QUEUE, worker) == record.task_id
     return record
 
 
@@ -276,3 +282,57 @@ def test_unacked_turns_count_and_no_job_waiting_needs_none(
     assert jobs.pop(queue, "w") == record.task_id
     assert [reaper.reconcile(), reaper.reconcile()] == [0, 0]  # nothing waits any more
     assert sent == []
+
+
+def say_hands(jobs: JobStore, settings: Settings, worker: str, in_hand: list[str]) -> None:
+    """A heartbeat of ``worker`` listing what it has, a little after it took its jobs."""
+    time.sleep(HANDS_MARGIN_S + 0.1)
+    WorkerLiveness(jobs.redis, settings.worker_stale_after_s).beat(QUEUE, worker, in_hand)
+
+
+def test_a_live_worker_that_no_longer_has_its_job_loses_it(
+    jobs: JobStore, settings: Settings
+) -> None:
+    """A failover lost the final write: the record still says running on a live worker,
+    which has finished with it. Its heartbeat does not list it, so it runs again."""
+    kept = running_job(jobs, "live-forgetful/1", age_s=0)
+    lost = running_job(jobs, "live-forgetful/1", age_s=0)
+    held = held_job(jobs, "live-forgetful/1")
+    say_hands(jobs, settings, "live-forgetful/1", [kept.task_id])
+    sent = Sent()
+    assert sorted(Reaper(jobs, settings, sent).sweep()) == sorted([lost.task_id, held.task_id])
+    assert jobs.get(kept.task_id).state is JobState.RUNNING
+    again = jobs.get(lost.task_id)
+    assert (again.state, again.worker, again.attempts) == (JobState.QUEUED, None, 1)
+    assert jobs.get(held.task_id).worker is None
+    assert sent == [(GENERATE_TASK, {"queue": QUEUE})] * 2
+    assert sorted(jobs.backlog(QUEUE).values()) == [2]  # both back in their key's lane
+    kept.state = JobState.SUCCEEDED
+    jobs.finish(kept)
+
+
+def test_a_job_taken_just_before_the_heartbeat_is_trusted(
+    jobs: JobStore, settings: Settings
+) -> None:
+    WorkerLiveness(jobs.redis, settings.worker_stale_after_s).beat(QUEUE, "live-busy/1", [])
+    fresh = running_job(jobs, "live-busy/1", age_s=0)  # after the heartbeat: not listed yet
+    assert Reaper(jobs, settings, Sent()).sweep() == []
+    assert jobs.get(fresh.task_id).state is JobState.RUNNING
+
+
+def test_a_claim_its_live_worker_forgot_goes_back(jobs: JobStore, settings: Settings) -> None:
+    claimed = claimed_job(jobs, "live-dropper/1")
+    say_hands(jobs, settings, "live-dropper/1", [])
+    assert Reaper(jobs, settings, Sent()).sweep() == [claimed.task_id]
+    assert jobs.backlog(QUEUE) == {claimed.owner: 1}
+
+
+def test_a_waiting_job_in_no_lane_goes_back_with_a_turn(jobs: JobStore, settings: Settings) -> None:
+    record = job_record(str(uuid.uuid4()))
+    record.queue = QUEUE
+    jobs.create(record, weight=1)
+    jobs.redis.delete(key("lane", f"{QUEUE}:{record.owner}"))  # as a failover may lose it
+    sent = Sent()
+    assert Reaper(jobs, settings, sent).sweep() == [record.task_id]
+    assert sent == [(GENERATE_TASK, {"queue": QUEUE})]
+    assert jobs.pop(QUEUE, "w") == record.task_id
