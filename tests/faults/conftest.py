@@ -144,17 +144,35 @@ def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> N
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[FaultStack]:
+    workdir = tmp_path_factory.mktemp("faults")
+    (workdir / "logs").mkdir()
+    with open(workdir / "logs" / "redis.log", "ab") as log:
+        redis = start_redis(workdir / "redis", log=log)
+    holder = [redis]
+    try:
+        with running_stack(workdir, state_dir, redis, {"EASEL_REDIS_URL": redis.url}) as stack:
+            stack.start_worker("a100")  # a second class: after a fault, each consumes its own
+            stack.wait_live_workers(1, gpu="a100")
+            yield stack
+            holder[0] = stack.redis  # restart_redis replaces it
+    finally:
+        holder[0].stop()
+
+
+@contextlib.contextmanager
+def running_stack(
+    workdir: Path, state_dir: Path, redis: Server, redis_env: dict[str, str]
+) -> Iterator[FaultStack]:
+    """SeaweedFS, the API and two a10g workers on the Redis that ``redis_env`` names (the
+    caller owns that Redis); everything here is stopped on the way out."""
     from worker.tiny_models import ensure_tiny_model
 
-    workdir = tmp_path_factory.mktemp("faults")
     logs = workdir / "logs"
-    logs.mkdir()
-    with open(logs / "redis.log", "ab") as log:
-        redis = start_redis(workdir / "redis", log=log)
+    logs.mkdir(exist_ok=True)
     with open(logs / "s3.log", "ab") as log:
         s3 = start_s3(workdir / "s3", S3_ACCESS_KEY, S3_SECRET_KEY, log=log)
     env = {
-        "EASEL_REDIS_URL": redis.url,
+        **redis_env,
         "EASEL_S3_ENDPOINT_URL": s3.url,
         "EASEL_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
         "EASEL_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
@@ -173,21 +191,21 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> It
     }
     for name in ("tiny-sd", "tiny-safety"):
         ensure_tiny_model(name, Path(env["EASEL_MODEL_DIR"]))
-    wait_until(Storage(settings_from(env)).ensure_bucket, 60, "S3")
-    port = free_port()
-    stack = FaultStack(workdir, env, redis, s3, f"http://127.0.0.1:{port}", logs)
-    stack.others.append(stack.spawn(["api", "--bind", f"127.0.0.1:{port}"], "api.log"))
-    for _ in range(2):
-        stack.start_worker()
-    stack.start_worker("a100")  # a second class: after a fault, each consumes its own queue
-    stack.wait_live_workers(2)
-    stack.wait_live_workers(1, gpu="a100")
-    wait_until(lambda: httpx.get(f"{stack.api_url}/ready", timeout=2).raise_for_status(), 60)
-    yield stack
-    for process in [*stack.workers, *stack.others]:
-        stop_group(process)
-    stack.redis.stop()
-    stack.s3.stop()
+    stack: FaultStack | None = None
+    try:
+        wait_until(Storage(settings_from(env)).ensure_bucket, 60, "S3")
+        port = free_port()
+        stack = FaultStack(workdir, env, redis, s3, f"http://127.0.0.1:{port}", logs)
+        stack.others.append(stack.spawn(["api", "--bind", f"127.0.0.1:{port}"], "api.log"))
+        for _ in range(2):
+            stack.start_worker()
+        stack.wait_live_workers(2)
+        wait_until(lambda: httpx.get(f"{stack.api_url}/ready", timeout=2).raise_for_status(), 60)
+        yield stack
+    finally:
+        for process in [*stack.workers, *stack.others] if stack else []:
+            stop_group(process)
+        (stack.s3 if stack else s3).stop()
 
 
 @dataclass
