@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -530,6 +531,16 @@ def _held_by(raw: bytes | str | None, worker: str | None) -> bool:
     return record.state is JobState.QUEUED and record.worker == worker
 
 
+@dataclass(frozen=True)
+class Hands:
+    """What a worker said at its last heartbeat: when, the jobs it had, and the turns it
+    held without having popped with them yet."""
+
+    at: float
+    jobs: frozenset[str]
+    turns: int
+
+
 class WorkerLiveness:
     """Which workers are alive on which queue, from their heartbeats."""
 
@@ -553,16 +564,19 @@ class WorkerLiveness:
             return True
         return False
 
-    def beat(self, queue: str, worker: str, in_hand: list[str] | None = None) -> None:
+    def beat(
+        self, queue: str, worker: str, in_hand: list[str] | None = None, turns: int = 0
+    ) -> None:
         """Mark one worker alive now; with ``in_hand``, also say which jobs it has (popped,
         held or running) as of now, so the reaper can tell a job whose final write a
-        failover lost (its record names a live worker that no longer has it)."""
+        failover lost (its record names a live worker that no longer has it), and how many
+        ``turns`` it received and has not used to pop yet (waiting for its warm-up)."""
         live, now = key("workers", queue), time.time()
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(live, {worker: now})
         pipe.zremrangebyscore(live, "-inf", now - self.stale_after_s)
         if in_hand is not None:
-            snapshot = json.dumps({"at": now, "jobs": in_hand})
+            snapshot = json.dumps({"at": now, "jobs": in_hand, "turns": turns})
             pipe.hset(key("hands", queue), worker, snapshot)
         pipe.execute()
 
@@ -573,14 +587,17 @@ class WorkerLiveness:
         pipe.hdel(key("hands", queue), worker)
         pipe.execute()
 
-    def hands(self, queue: str, workers: set[str]) -> dict[str, tuple[float, set[str]]]:
-        """What each of ``workers`` last said it has: (as of when, its job ids)."""
+    def hands(self, queue: str, workers: set[str]) -> dict[str, Hands]:
+        """What each of ``workers`` last said it has."""
         found = self.redis.hgetall(key("hands", queue))
         stale = [name for name in found if _text(name) not in workers]
         if stale:
             self.redis.hdel(key("hands", queue), *stale)  # workers gone for good
         snapshots = {_text(k): json.loads(v) for k, v in found.items() if _text(k) in workers}
-        return {name: (float(s["at"]), set(s["jobs"])) for name, s in snapshots.items()}
+        return {
+            name: Hands(float(s["at"]), frozenset(s["jobs"]), int(s.get("turns", 0)))
+            for name, s in snapshots.items()
+        }
 
     def live(self, queue: str) -> list[str]:
         """The workers that beat recently on this queue."""

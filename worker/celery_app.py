@@ -58,6 +58,10 @@ class WorkerProcess:
         # Set once warm-up ended. Jobs wait for it: running one while the warm-up thread
         # imports diffusers races its lazy imports, and a job should find its model loaded.
         self.warmed = threading.Event()
+        # Turns received and not yet used to pop (waiting for warm-up): the heartbeat says
+        # how many, so the reaper counts them among the turns still to come.
+        self.waiting_turns = 0
+        self._turns_lock = threading.Lock()
 
     @property
     def ctx(self) -> WorkerContext:
@@ -119,18 +123,33 @@ class WorkerProcess:
             self.warmed.set()
             return
         with suppress(RedisError, BackendUnavailable):  # live before the first job is held
-            ctx.liveness.beat(ctx.queue, ctx.name, ctx.hands())
+            self.beat()
         self.warmed.set()
         reaper = Reaper(ctx.jobs, self.settings, self.app.send_task, self.broker())
         while True:
             self._exit_if_hung()
             try:
-                ctx.liveness.beat(ctx.queue, ctx.name, ctx.hands())
+                self.beat()
                 reaper.maybe_sweep()
             except (RedisError, BackendUnavailable, OperationalError):
                 log.warning("heartbeat or reaper sweep failed; retrying")
             if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
+
+    def wait_until_warm(self) -> None:
+        """Block a turn until warm-up ended, counted among the waiting turns meanwhile."""
+        with self._turns_lock:
+            self.waiting_turns += 1
+        try:
+            self.warmed.wait()
+        finally:
+            with self._turns_lock:
+                self.waiting_turns -= 1
+
+    def beat(self) -> None:
+        """Heartbeat: alive, the jobs in hand, the turns waiting."""
+        ctx = self.ctx
+        ctx.liveness.beat(ctx.queue, ctx.name, ctx.hands(), self.waiting_turns)
 
     def broker(self) -> redis.Redis | None:
         """A client of Celery's Redis when it is not the job store's (``EASEL_BROKER_URL``)."""
@@ -199,7 +218,7 @@ def create_celery(settings: Settings | None = None, load: Loader | None = None) 
         from its record, which carries the result too; the id of the job it ran, which
         Flower shows as the result. (Messages published before turns carried a job id;
         that job is in a lane like any other, so the id is ignored.)"""
-        process.warmed.wait()
+        process.wait_until_warm()
         with job_in_flight(process.ctx.name):
             done = run_turn(process.ctx)
         return None if done is None else done.task_id

@@ -23,10 +23,9 @@ back in its lane, with a turn.
 It also reconciles turns with waiting jobs (``reconcile``): a job waits in a lane until a
 turn pops it, so a turn lost from the broker (a Redis failover loses the last writes)
 would leave a job waiting forever. Turns are interchangeable, so it is enough to count:
-when fewer turns are queued or held unacknowledged than jobs wait, on two sweeps in a
-row, it publishes the difference. Counting turns held by busy workers as if they were
-still to pop can only delay that, until those workers finish; an extra turn finds no job
-and costs one message.
+when fewer turns are queued, or held by live workers still to pop, than jobs wait, on
+two sweeps in a row, it publishes the difference. An extra turn finds no job and costs
+one message; a missing one would cost a job.
 
 It also ends the jobs the API recorded but could not confirm on the broker, and could not
 take back either (Redis went away between the two): after ``UNPUBLISHED_GRACE_S`` a job
@@ -37,7 +36,6 @@ in-flight slot, for the whole job TTL.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +45,7 @@ from typing import Any
 import redis
 
 from shared.errors import UnknownTask
-from shared.jobs import JobStore, WorkerLiveness, key
+from shared.jobs import Hands, JobStore, WorkerLiveness, key
 from shared.models import JobRecord, JobState
 from shared.queues import publish_turn
 from shared.settings import Settings
@@ -55,7 +53,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 UNPUBLISHED_GRACE_S = 60.0  # far past a publish's own timeouts and retries
-UNACKED = "unacked"  # kombu's Redis transport: the hash of delivered, unacked messages
 # A job popped this close before a worker's heartbeat may be missing from what it said:
 # the job's thread counts it in hand just after its pop returns.
 HANDS_MARGIN_S = 2.0
@@ -151,12 +148,14 @@ class Reaper:
         return missing
 
     def turns(self) -> int:
-        """Turns on this queue: in Celery's list, or delivered and not yet acknowledged."""
-        pipe = self.broker.pipeline(transaction=False)
-        pipe.llen(self.queue)
-        pipe.hvals(UNACKED)
-        queued, unacked = pipe.execute()
-        return int(queued) + sum(1 for raw in unacked if _routing_key(raw) == self.queue)
+        """Turns still to pop a job: in Celery's list, or received by a live worker that
+        has not popped with them yet (as its last heartbeat said).
+
+        Not kombu's unacknowledged hash: a turn that popped its job stays there until that
+        job ends, and a dead worker's stay for the visibility timeout (hours)."""
+        live = set(self.liveness.live(self.queue))
+        held = sum(hands.turns for hands in self.liveness.hands(self.queue, live).values())
+        return int(self.broker.llen(self.queue)) + held
 
     def sweep_unpublished(self) -> list[str]:
         """End the jobs whose publish was never confirmed; the ids it ended."""
@@ -210,7 +209,7 @@ class Seen:
 
     live: set[str]
     claims: dict[str, str]  # popped, not taken: job id -> the worker that popped it
-    hands: dict[str, tuple[float, set[str]]]  # worker -> (as of when, the jobs it had)
+    hands: dict[str, Hands]  # worker -> what it said at its last heartbeat
     taken_at: dict[str, float]  # job id -> when a worker popped or took it
     stale_before: float
 
@@ -224,23 +223,13 @@ class Seen:
         said = self.hands.get(worker)
         if said is None:
             return True
-        at, jobs = said
-        return task_id in jobs or self.taken_at.get(task_id, at) > at - HANDS_MARGIN_S
+        at = said.at
+        return task_id in said.jobs or self.taken_at.get(task_id, at) > at - HANDS_MARGIN_S
 
 
 def _unplaced(record: JobRecord) -> bool:
     """The change that puts a waiting job back in its lane (``JobStore._write`` does)."""
     return record.state is JobState.QUEUED and record.worker is None
-
-
-def _routing_key(raw: bytes) -> str | None:
-    """The routing key (its queue, for Celery's default exchange) of a kombu unacked entry,
-    stored as JSON ``[message, exchange, routing_key]``."""
-    try:
-        entry = json.loads(raw)
-    except ValueError:
-        return None
-    return entry[2] if isinstance(entry, list) and len(entry) == 3 else None
 
 
 def _never_queued(record: JobRecord) -> bool:

@@ -3,7 +3,6 @@ runs a job that a live worker still holds."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -260,28 +259,29 @@ def test_jobs_without_turns_get_them_after_two_sweeps(jobs: JobStore, lonely: Se
     jobs.redis.rpush(queue, b"a-turn")  # Celery's list holds one turn: two are missing
     reaper, sent = Reaper(jobs, lonely, Sent()), Sent()
     reaper.send_task = sent
-    assert reaper.reconcile() == 0  # once could be a turn in flight between list and unacked
+    assert reaper.reconcile() == 0  # once could be a turn in flight from list to worker
     assert reaper.reconcile() == 2
     assert sent == [(GENERATE_TASK, {"queue": queue})] * 2
     jobs.redis.delete(queue)
 
 
-def test_unacked_turns_count_and_no_job_waiting_needs_none(
+def test_turns_a_live_worker_waits_with_count_and_no_job_waiting_needs_none(
     jobs: JobStore, lonely: Settings
 ) -> None:
     queue = lonely.queue_for(lonely.worker_gpu)
     record = job_record(str(uuid.uuid4()))
     record.queue = queue
     jobs.create(record, weight=1)
-    entry = json.dumps([{"body": "..."}, "", queue])  # kombu's [message, exchange, routing key]
-    jobs.redis.hset("unacked", f"tag-{queue}", entry)
+    liveness = WorkerLiveness(jobs.redis, lonely.worker_stale_after_s)
+    liveness.beat(queue, "warming/1", [], turns=1)  # it has the turn; warming up
     reaper, sent = Reaper(jobs, lonely, Sent()), Sent()
     reaper.send_task = sent
     assert [reaper.reconcile(), reaper.reconcile()] == [0, 0]
-    jobs.redis.hdel("unacked", f"tag-{queue}")
+    jobs.redis.zrem(key("workers", queue), "warming/1")  # it died with that turn
+    assert [reaper.reconcile(), reaper.reconcile()] == [0, 1]
     assert jobs.pop(queue, "w") == record.task_id
     assert [reaper.reconcile(), reaper.reconcile()] == [0, 0]  # nothing waits any more
-    assert sent == []
+    assert sent == [(GENERATE_TASK, {"queue": queue})]
 
 
 def say_hands(jobs: JobStore, settings: Settings, worker: str, in_hand: list[str]) -> None:
