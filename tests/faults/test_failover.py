@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def fail_over(stack: FaultStack, group: SentinelGroup, scenario: str, sig: signa
     last_end = max(jobs.get(task_id).finished_at or 0.0 for task_id in task_ids)
     # How long submits went unanswered or answered 503: the widest gap between two
     # acceptances of the stream, less its own pause between submits.
-    gaps = [later - earlier - 0.1 for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier - 0.1 for earlier, later in pairwise(times)]
     print(
         f"faults[{scenario}]: promoted {new[1]} after {promoted_s:.1f} s; submits unavailable "
         f"for {max(gaps, default=0):.1f} s; last job ended {last_end - promoted_at:.1f} s "
