@@ -8,6 +8,8 @@ Sections (``python -m bench --only ingest,api`` runs a subset):
     tiny     6. tiny-sd and tiny-sdxl at 1024x1024, batch 1 and 4
     waiters  7. 1,000 waiting clients and 256 slowloris sockets against one API
     batching 8. cross-request batching under Poisson load, gains simulated from published ones
+    fairness 9. fair share across API keys: a flood, weights, work conservation, submit cost
+    replicas 10. what confirming each submit on a Redis replica (WAIT) adds to its p50
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 from bench.report import Row, print_table, write_results
 
-SECTIONS = ("ingest", "api", "worker", "scaling", "tiny", "waiters", "batching")
+SECTIONS = (
+    "ingest", "api", "worker", "scaling", "tiny", "waiters", "batching", "fairness", "replicas",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +72,8 @@ def run_section(name: str) -> tuple[list[Row], dict[str, Any]]:
             "scaling": "bench.scaling",
             "waiters": "bench.waiters",
             "batching": "bench.batching",
+            "fairness": "bench.fairness",
+            "replicas": "bench.replicas",
         }[name]
     )
     stack = BenchStack()
