@@ -20,7 +20,14 @@ from packaging.requirements import Requirement
 from api.tasks import MAX_WAIT_S
 from shared.models import Envelope, InferenceType
 from shared.settings import DEFAULT_QUEUES, Settings
-from tests.deploy.common import ROOT, dockerfile_user, strings_in
+from tests.deploy.common import (
+    REQUIRED_ENV,
+    ROOT,
+    Unset,
+    dockerfile_user,
+    interpolate,
+    strings_in,
+)
 
 NGINX = ROOT / "deploy" / "nginx"
 NGINX_TOKEN = re.compile(r"""#[^\n]*|'[^']*'|"[^"]*"|[{};]|[^\s{};'"#]+""")
@@ -90,46 +97,7 @@ def gunicorn_setting(name: str) -> float:
     return float(found[1]) if found else float(getattr(Config(), name))
 
 
-COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
-# What an operator exports before `docker compose up` (the file's header names them).
-REQUIRED_ENV = {
-    "EASEL_BOOTSTRAP_API_KEY": "bootstrap-key-0123456789abcdef",
-    "EASEL_S3_SECRET_ACCESS_KEY": "s3-secret-0123456789abcdef",
-    "EASEL_KEY_HASH_SECRET": "hash-secret-0123456789abcdef0123456789",
-    "EASEL_REDIS_PASSWORD": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-    "EASEL_FLOWER_AUTH": "admin:5a4b3c2d1e0f",
-}
 LOOPBACK = "127.0.0.1"
-
-
-class Unset(Exception):
-    """A variable compose requires (``${NAME:?message}``) is not set."""
-
-
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """``value`` with compose's variables filled in from ``env``, as `docker compose config`
-    would: ``${NAME}``, ``${NAME:-default}``, ``${NAME:?message}`` (Unset when missing),
-    ``$$`` for a dollar sign."""
-
-    def fill(match: re.Match[str]) -> str:
-        name, operator, argument = match.groups()
-        if name is None:
-            return "$"
-        found = env.get(name)
-        missing = found is None or (found == "" and operator is not None and ":" in operator)
-        if operator and operator.endswith("-"):
-            return argument if missing else str(found)
-        if operator and operator.endswith("?") and missing:
-            raise Unset(f"{name}: {argument}")
-        return found or ""
-
-    if isinstance(value, str):
-        return COMPOSE_VARIABLE.sub(fill, value)
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    return value
 
 
 def published(port: str) -> tuple[str, str]:

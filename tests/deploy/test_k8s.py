@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import re
-import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,9 +19,18 @@ from shared.metrics import QUEUE_BACKLOG, QUEUE_DEPTH
 from shared.models import InferenceType
 from shared.registry import load_registry
 from shared.settings import Settings
-from tests.deploy.common import ROOT, dockerfile_user, strings_in
+from tests.deploy.common import (
+    K8S,
+    ROOT,
+    container,
+    dockerfile_user,
+    filled,
+    redis_flags,
+    secret_env,
+    selects,
+    strings_in,
+)
 
-K8S = ROOT / "deploy" / "k8s"
 DASHBOARD = ROOT / "deploy" / "grafana" / "easel-dashboard.json"
 NGINX = ROOT / "deploy" / "nginx"
 UPSTREAM_SERVER = re.compile(r"^(\s*server\s+)(\S+);", re.MULTILINE)
@@ -63,18 +71,8 @@ def workers() -> dict[InferenceType, Doc]:
     }
 
 
-def container(workload: Doc) -> Doc:
-    only: Doc
-    (only,) = workload["spec"]["template"]["spec"]["containers"]
-    return only
-
-
 def scaled_objects_by_target() -> dict[str, Doc]:
     return {d["spec"]["scaleTargetRef"]["name"]: d for d in named("ScaledObject").values()}
-
-
-def redis_flags(argv: list[str]) -> dict[str, str]:
-    return {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}
 
 
 def workloads() -> dict[str, Doc]:
@@ -85,39 +83,6 @@ def workloads() -> dict[str, Doc]:
 def pod_labels(workload: Doc) -> dict[str, str]:
     labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
     return labels
-
-
-def selects(selector: Doc, labels: dict[str, str]) -> bool:
-    """Whether a label selector (matchLabels and matchExpressions) matches ``labels``."""
-    if selector.get("matchLabels", {}).items() - labels.items():
-        return False
-    for expression in selector.get("matchExpressions", []):
-        key, values = expression["key"], expression.get("values", [])
-        matches = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }
-        if not matches[expression["operator"]]:
-            return False
-    return True
-
-
-def filled(secret: dict[str, str]) -> dict[str, str]:
-    """A Secret's values with each shipped placeholder replaced by a random secret, as an
-    operator deploys it."""
-    token = secrets.token_hex(32)
-    return {k: re.sub(r"change-me[\w-]*", token, v) for k, v in secret.items()}
-
-
-def secret_env(spec: Doc) -> dict[str, tuple[str, str]]:
-    """The container's variables that come from a Secret key: name -> (Secret, key)."""
-    return {
-        var["name"]: (ref["name"], ref["key"])
-        for var in spec.get("env", [])
-        if (ref := var.get("valueFrom", {}).get("secretKeyRef"))
-    }
 
 
 def secrets_read(workload: Doc) -> set[str]:
