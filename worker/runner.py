@@ -152,6 +152,7 @@ def run_turn(ctx: WorkerContext) -> JobRecord | None:
         # (A heartbeat between the pop and this line misses the job; the reaper allows for
         # that: worker/reaper.py HANDS_MARGIN_S.)
         with task_context(task_id), ctx.holding(task_id):
+            log.info("job %s is next in fair order; taking it", task_id)
             done = run_job(ctx, task_id)
         if done is not None:
             return done
@@ -192,6 +193,7 @@ def run_job(ctx: WorkerContext, task_id: str) -> JobRecord | None:
     if record.params.image_url is None:
         ctx.storage.delete(Storage.input_key(task_id))  # the bucket's rule is the backstop
     observe_job(record)
+    log.info("job %s %s in %.2f s", task_id, record.state.value, record.time_required.total)
     ctx.notify(record, WebhookEvent.COMPLETED)
     return record
 

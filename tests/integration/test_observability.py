@@ -178,5 +178,7 @@ def test_one_task_id_runs_through_the_json_lines_of_the_api_and_the_worker(
     traced = [r for r in worker_lines if r["task_id"] == task_id]
     assert traced, "no worker line carries the task id"
     assert {r["service"] for r in traced} == {"worker"}
-    assert any("succeeded" in r["message"] for r in traced)  # Celery's own line
+    # Its turn's Celery lines carry the turn's id; the job's own lines carry the job's.
+    assert any("next in fair order" in r["message"] for r in traced)
+    assert any(f"job {task_id} succeeded" in r["message"] for r in traced)
     assert "a beautiful painting" not in stack.worker_log.read_text()  # no task arguments

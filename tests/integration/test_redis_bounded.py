@@ -32,6 +32,14 @@ BOUNDED = {
     r"easel:unpublished:.+": "ids not yet confirmed on the broker; each leaves within seconds",
     r"easel:durations:.+": "the last 50 run times of a queue (LTRIM)",
     r"easel:workers:.+": "live workers of a queue, trimmed by every heartbeat",
+    r"easel:hands:.+": "what each live worker of a queue has; a gone worker's entry is dropped "
+    "at the next sweep",
+    r"easel:lanes:.+": "the keys with jobs waiting on a queue; a key leaves when its lane empties",
+    r"easel:lane:.+": "a key's waiting job ids; each leaves when it starts or ends",
+    r"easel:lanestate:.+": "a queue's fair-order state: one entry per key that used it, as "
+    "bounded as the keys themselves",
+    r"easel:claims:.+": "ids popped and not yet taken; each leaves within milliseconds",
+    r"easel:held:.+": "ids workers hold; each leaves when it starts or ends",
     r"easel:apikeys?(id)?(:.+)?": "API keys, made and revoked by an operator",
     r"_kombu\.binding(_permanent)?\..+": "kombu's queue bindings: one member per queue",
     r"_kombu\.binding_deadlines": "kombu's binding bookkeeping: one entry per queue",

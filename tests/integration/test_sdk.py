@@ -26,10 +26,17 @@ def easel(api_url: str) -> Iterator[Client]:
 
 
 def start_blocker(easel: Client, inference_type: str = "a100") -> Task:
-    """A job slow enough on one CPU thread that the next one on its queue waits."""
-    return easel.image_to_image(
+    """A job slow enough on one CPU thread that the next one on its queue waits; returned
+    once it runs (a small job submitted while its large input is still being decoded
+    would reach the GPU thread first)."""
+    task = easel.image_to_image(
         png_bytes(1024, 1024), "slow", inference_type=inference_type, batch=2, strength=1.0
     )
+    deadline = time.monotonic() + 60
+    while task.refresh().state != "running":
+        assert time.monotonic() < deadline, task.envelope
+        time.sleep(0.05)
+    return task
 
 
 def test_local_file_uploads_and_the_bar_counts_steps_to_the_total(
