@@ -273,6 +273,7 @@ def _counter(record: JobRecord) -> str:
 
 
 SETTLED: list[Tally] = []
+NOTES: list[str] = []  # more lines for the summary: what a failover run timed
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -281,6 +282,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("faults: what happened to every accepted job")
         for tally in SETTLED:
             terminalreporter.line(tally.line())
+        for note in NOTES:
+            terminalreporter.line(note)
 
 
 def _record(tally: Tally) -> None:

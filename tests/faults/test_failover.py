@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from easel.stack import SentinelGroup, start_sentinel_group
-from tests.faults.conftest import FaultStack, running_stack, settle
+from tests.faults.conftest import NOTES, FaultStack, running_stack, settle
 from tests.faults.test_faults import submit_many
 
 pytestmark = pytest.mark.faults
@@ -88,11 +88,13 @@ def fail_over(stack: FaultStack, group: SentinelGroup, scenario: str, sig: signa
     # How long submits went unanswered or answered 503: the widest gap between two
     # acceptances of the stream, less its own pause between submits.
     gaps = [later - earlier - 0.1 for earlier, later in pairwise(times)]
-    print(
+    note = (
         f"faults[{scenario}]: promoted {new[1]} after {promoted_s:.1f} s; submits unavailable "
         f"for {max(gaps, default=0):.1f} s; last job ended {last_end - promoted_at:.1f} s "
         "after the promotion"
     )
+    print(note)
+    NOTES.append(note)
     assert last_end - promoted_at <= PROMOTED_TO_TERMINAL_S
     assert group.primary() == new
     group.wait_healthy(60)  # the old primary is a replica again: the next run can WAIT
