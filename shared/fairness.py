@@ -22,7 +22,8 @@ Keys (under ``easel:``, spelled by ``shared.jobs.key``):
     lanes:<queue>          sorted set of the keys with waiting jobs, scored by their pass
     lane:<queue>:<owner>   list of an owner's waiting job ids, oldest first
     lanestate:<queue>      hash: ``v`` the pass of the last job started, ``saved:<owner>``
-                           the pass an emptied lane resumes from, ``stride:<owner>``
+                           the pass an emptied lane resumes from, ``stride:<owner>``;
+                           the reaper prunes an emptied lane's once ``v`` passed it
     claims:<queue>         hash of job ids popped but not yet taken, to the worker's name
                            (with their time in ``running:<queue>``): the reaper puts back
                            a claim whose worker died before it took the job
@@ -142,6 +143,27 @@ for _, id in ipairs(queued) do
   if not placed[id] then table.insert(out, id) end
 end
 return out
+"""
+
+
+# KEYS: lanestate, lanes. Forget what an emptied lane keeps once it can no longer matter:
+# its resume point is at or behind the last start, where any lane resumes anyway. Keeps
+# the state as small as the keys that used the queue lately. How many lanes it forgot.
+PRUNE = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local fields = redis.call('HGETALL', KEYS[1])
+local forgot = 0
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if string.sub(name, 1, 6) == 'saved:' then
+    local owner = string.sub(name, 7)
+    if tonumber(fields[i + 1]) <= v and not redis.call('ZSCORE', KEYS[2], owner) then
+      redis.call('HDEL', KEYS[1], name, 'stride:' .. owner)
+      forgot = forgot + 1
+    end
+  end
+end
+return forgot
 """
 
 

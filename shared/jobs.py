@@ -104,6 +104,7 @@ class JobStore:
         self._remove = client.register_script(fairness.REMOVE)
         self._snapshot = client.register_script(fairness.SNAPSHOT)
         self._unplaced = client.register_script(fairness.UNPLACED)
+        self._prune = client.register_script(fairness.PRUNE)
 
     def lane_of(self, record: JobRecord) -> str:
         """The lane a job waits in: its owner's, or the one FIFO lane."""
@@ -184,6 +185,11 @@ class JobStore:
         keys.append(key("running", queue))
         found = _run(partial(self._unplaced, keys=keys, args=[key("lane", f"{queue}:")]))
         return [_text(task_id) for task_id in found]
+
+    def prune_lanes(self, queue: str) -> int:
+        """Forget emptied lanes' state that can no longer change the order; how many."""
+        keys = [key("lanestate", queue), key("lanes", queue)]
+        return int(_run(partial(self._prune, keys=keys)))
 
     def backlog(self, queue: str) -> dict[str, int]:
         """How many jobs wait in each key's lane on ``queue``."""

@@ -117,6 +117,7 @@ class Reaper:
                 self.jobs.finish(record)
         reaped += self.replace_unplaced()
         self.reconcile()
+        self.jobs.prune_lanes(self.queue)
         return reaped + self.sweep_unpublished()
 
     def replace_unplaced(self) -> list[str]:

@@ -36,8 +36,8 @@ BOUNDED = {
     "at the next sweep",
     r"easel:lanes:.+": "the keys with jobs waiting on a queue; a key leaves when its lane empties",
     r"easel:lane:.+": "a key's waiting job ids; each leaves when it starts or ends",
-    r"easel:lanestate:.+": "a queue's fair-order state: one entry per key that used it, as "
-    "bounded as the keys themselves",
+    r"easel:lanestate:.+": "a queue's fair-order state: entries for the keys with jobs waiting "
+    "and those that emptied their lane lately; the reaper forgets the rest",
     r"easel:claims:.+": "ids popped and not yet taken; each leaves within milliseconds",
     r"easel:held:.+": "ids workers hold; each leaves when it starts or ends",
     r"easel:apikeys?(id)?(:.+)?": "API keys, made and revoked by an operator",

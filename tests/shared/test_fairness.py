@@ -149,3 +149,23 @@ def test_started_before_breaks_equal_tags_by_owner() -> None:
     assert started_before(lanes, b"b", 0) == 1  # a's head ties and sorts first
     assert started_before(lanes, b"b", 2) == 5
     assert started_before(lanes, b"a", 2) == 4
+
+
+def test_pruning_forgets_only_state_that_cannot_matter(
+    store: JobStore, client: redis.Redis, queue: str
+) -> None:
+    submit(store, queue, "gone", weight=2)
+    store.pop(queue, "w")  # its lane empties: it resumes from one stride past this start
+    for _ in range(3):
+        submit(store, queue, "busy")
+    state = key("lanestate", queue)
+    assert store.prune_lanes(queue) == 0  # "gone" resumes ahead of the last start: kept
+    assert client.hexists(state, "saved:gone")
+    store.pop(queue, "w")
+    store.pop(queue, "w")  # the last start has passed where "gone" would resume
+    assert store.prune_lanes(queue) == 1
+    assert not client.hexists(state, "saved:gone") and not client.hexists(state, "stride:gone")
+    assert client.hexists(state, "stride:busy")  # a waiting lane keeps its own
+    late = submit(store, queue, "gone")
+    assert owners_of(store, queue, [store.pop(queue, "w")]) == ["gone"]  # as if never away
+    assert store.get(late.task_id).owner == "gone"
