@@ -223,24 +223,12 @@ class JobStore:
     def take_back(self, record: JobRecord) -> bool:
         """Forget a job that was recorded and queued but cannot be accepted (its replicas
         did not confirm it), unless a worker took it meanwhile; whether it was forgotten."""
-        return _run(partial(self._take_back, record))
 
-    def _take_back(self, record: JobRecord) -> bool:
-        job = key("job", record.task_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(job)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(job)
-                    stored = None if raw is None else JobRecord.model_validate_json(raw)
-                    if stored is not None and stored.worker is not None:
-                        return False  # a worker has it: it runs, so it stands
-                    pipe.multi()
-                    self._discard_writes(pipe, record)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+        # A worker that has it runs it, so it stands.
+        def taken(stored: JobRecord | None) -> bool:
+            return stored is not None and stored.worker is not None
+
+        return _run(partial(self._write_unless, record, taken, self._discard_writes))
 
     def unpublished(self, queue: str, before: float) -> list[str]:
         """Ids recorded on ``queue`` before ``before`` whose publish was never confirmed."""
@@ -315,11 +303,6 @@ class JobStore:
         record, changed = self._transition(task_id, change)
         return record if changed else None
 
-    def running(self, queue: str) -> list[str]:
-        """Ids of the jobs that a worker took from this queue and has not finished."""
-        members = _run(partial(self.redis.zrange, key("running", queue), 0, -1))
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-
     def finish(self, record: JobRecord) -> None:
         """Save a terminal record, free what it held and wake anyone waiting on it."""
         pipe = self.redis.pipeline(transaction=True)
@@ -329,23 +312,34 @@ class JobStore:
     def finish_unless_ended(self, record: JobRecord) -> bool:
         """``finish``, unless the stored record has already ended: a job its owner canceled
         while a worker held it must stay canceled. Whether it wrote."""
-        return _run(partial(self._finish_unless_ended, record))
 
-    def _finish_unless_ended(self, record: JobRecord) -> bool:
+        def ended(stored: JobRecord | None) -> bool:
+            return stored is not None and stored.status.is_terminal
+
+        return _run(partial(self._write_unless, record, ended, self._finish_writes))
+
+    def _write_unless(
+        self,
+        record: JobRecord,
+        refuse: Callable[[JobRecord | None], bool],
+        writes: Callable[[Any, JobRecord], None],
+    ) -> bool:
+        """Queue ``writes`` for ``record`` in one transaction, unless ``refuse`` says no to
+        the stored record (None: there is none), read under WATCH; whether it wrote."""
         job = key("job", record.task_id)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(job)  # type: ignore[no-untyped-call]
                     raw = pipe.get(job)
-                    if raw is not None and JobRecord.model_validate_json(raw).status.is_terminal:
+                    if refuse(None if raw is None else JobRecord.model_validate_json(raw)):
                         return False
                     pipe.multi()
-                    self._finish_writes(pipe, record)
+                    writes(pipe, record)
                     pipe.execute()
                     return True
                 except redis.WatchError:
-                    continue
+                    continue  # it changed meanwhile; read it again
 
     def _finish_writes(self, pipe: Any, record: JobRecord) -> None:
         """Queue what ending a job writes: the record, its indexes, the wake-up."""

@@ -11,20 +11,10 @@ import pytest
 import redis
 
 from shared.fairness import FIFO_LANE, Lane, started_before
-from shared.jobs import JobStore, connect_redis, key
+from shared.jobs import JobStore, key
 from shared.models import JobRecord, JobState
 from shared.settings import Settings
 from tests.conftest import job_record
-
-
-@pytest.fixture
-def client(stack_settings: Settings) -> redis.Redis:
-    return connect_redis(stack_settings)
-
-
-@pytest.fixture
-def store(client: redis.Redis, stack_settings: Settings) -> JobStore:
-    return JobStore(client, stack_settings.job_ttl_s)
 
 
 @pytest.fixture

@@ -9,20 +9,10 @@ import pytest
 import redis
 
 from shared.errors import ExpiredTask, UnknownTask
-from shared.jobs import DONE_CHANNEL, JobStore, connect_redis, key
+from shared.jobs import DONE_CHANNEL, JobStore, key
 from shared.models import JobState
 from shared.settings import Settings
 from tests.conftest import job_record
-
-
-@pytest.fixture
-def client(stack_settings: Settings) -> redis.Redis:
-    return connect_redis(stack_settings)
-
-
-@pytest.fixture
-def store(client: redis.Redis, stack_settings: Settings) -> JobStore:
-    return JobStore(client, stack_settings.job_ttl_s)
 
 
 def test_finish_publishes_the_id_and_counts_the_end(store: JobStore, client: redis.Redis) -> None:

@@ -55,7 +55,7 @@ def running_job(jobs: JobStore, worker: str, attempts: int = 1, age_s: float = 6
         return True
 
     taken = jobs.start(record.task_id, start)
-    assert taken is not None and record.task_id in jobs.running(QUEUE)
+    assert taken is not None and record.task_id in jobs.taken_at(QUEUE)
     return taken
 
 
@@ -65,7 +65,7 @@ def test_a_job_whose_worker_died_is_queued_again(jobs: JobStore, settings: Setti
     assert Reaper(jobs, settings, sent).sweep() == [job.task_id]
     record = jobs.get(job.task_id)
     assert record.state is JobState.QUEUED and record.worker is None
-    assert job.task_id not in jobs.running(QUEUE)
+    assert job.task_id not in jobs.taken_at(QUEUE)
     position, _, _ = jobs.queue_snapshot(record, settings.worker_stale_after_s)
     assert position is not None  # counted among the waiting again
     assert sent == [(GENERATE_TASK, {"queue": QUEUE})]  # a turn: it names no job, no limit
@@ -99,14 +99,14 @@ def test_a_held_job_keeps_its_queue_place_and_goes_back_when_its_worker_dies(
     jobs: JobStore, settings: Settings
 ) -> None:
     job = held_job(jobs, "dead-holder/1")
-    assert job.task_id in jobs.running(QUEUE)  # watched by the reaper
+    assert job.task_id in jobs.taken_at(QUEUE)  # watched by the reaper
     position, _, _ = jobs.queue_snapshot(job, settings.worker_stale_after_s)
     assert position is not None  # still waiting, so still counted among the waiting
     sent = Sent()
     assert Reaper(jobs, settings, sent).sweep() == [job.task_id]
     record = jobs.get(job.task_id)
     assert (record.state, record.worker, record.attempts) == (JobState.QUEUED, None, 0)
-    assert job.task_id not in jobs.running(QUEUE)
+    assert job.task_id not in jobs.taken_at(QUEUE)
     assert sent == [(GENERATE_TASK, {"queue": QUEUE})]
     assert popped_next(jobs) == job.task_id
 
@@ -128,7 +128,7 @@ def test_admission_skips_a_job_canceled_while_held(jobs: JobStore) -> None:
     assert [r.task_id for r in admitted] == [kept.task_id]
     assert jobs.get(kept.task_id).state is JobState.RUNNING
     assert jobs.get(canceled.task_id).state is JobState.CANCELED
-    assert kept.task_id in jobs.running(QUEUE) and canceled.task_id not in jobs.running(QUEUE)
+    assert kept.task_id in jobs.taken_at(QUEUE) and canceled.task_id not in jobs.taken_at(QUEUE)
     kept.state = JobState.SUCCEEDED
     jobs.finish(kept)  # leave no running job for the next test's sweep
 
@@ -224,7 +224,7 @@ def test_a_claim_whose_worker_died_goes_back_to_the_head_of_its_lane(
     sent = Sent()
     assert Reaper(jobs, settings, sent).sweep() == [claimed.task_id]
     assert jobs.claims(QUEUE).get(claimed.task_id) is None
-    assert claimed.task_id not in jobs.running(QUEUE)
+    assert claimed.task_id not in jobs.taken_at(QUEUE)
     assert sent == [(GENERATE_TASK, {"queue": QUEUE})]
     assert jobs.backlog(QUEUE)[claimed.owner] == 2
     position, _, _ = jobs.queue_snapshot(claimed, settings.worker_stale_after_s)
