@@ -7,7 +7,10 @@ import json
 import uuid
 
 from api import create_app
+from api.auth import owner_id
+from shared.fairness import STRIDE_UNIT
 from shared.jobs import JobStore, WorkerLiveness, connect_redis, key
+from shared.keys import KeyStore
 from shared.settings import Settings
 from tests.api.conftest import UNSERVED_QUEUES
 from tests.conftest import data_uri, png_bytes, settings_from
@@ -51,3 +54,30 @@ def test_a_live_answer_is_trusted_for_a_second_and_a_dead_one_never(
     redis.delete(key("workers", queue))
     assert liveness.served(queue, fresh_s=60)  # the yes of a moment ago still stands
     assert not liveness.served(queue, fresh_s=0)  # past its freshness, Redis is asked
+
+
+def test_a_submit_carries_its_keys_weight_into_the_fair_order(
+    stack_env: dict[str, str], auth: dict[str, str]
+) -> None:
+    """A stored key's weight and the bootstrap key's (EASEL_BOOTSTRAP_WEIGHT) reach the
+    lane state the fair pop reads: the lane's stride is STRIDE_UNIT // weight."""
+    queue = f"weighttest.{uuid.uuid4().hex[:8]}"
+    queues = {**json.loads(UNSERVED_QUEUES), "a10g": queue}
+    settings = settings_from(
+        stack_env, queues=json.dumps(queues), require_live_worker="false", bootstrap_weight="4"
+    )
+    client = create_app(settings).test_client()
+    redis = connect_redis(settings)
+    stored_key, record = KeyStore(redis, settings).create("weighted", "1000/minute", 10, 3)
+    body = {"app_id": "tiny-sd", "image": data_uri(png_bytes(64, 64)), "celery": True,
+            "inference_type": "a10g"}  # fmt: skip
+    for headers in (auth, {"Authorization": f"Bearer {stored_key}"}):
+        assert client.post("/getImageToImage", json=body, headers=headers).status_code == 200
+    state = redis.hgetall(key("lanestate", queue))
+    assert state[f"stride:{record.owner}".encode()] == str(STRIDE_UNIT // 3).encode()
+    bootstrap = f"stride:{owner_id(auth['Authorization'].removeprefix('Bearer '))}"
+    assert state[bootstrap.encode()] == str(STRIDE_UNIT // 4).encode()
+    jobs = JobStore(redis, settings.job_ttl_s)
+    while (task_id := jobs.pop(queue, "w")) is not None:
+        jobs.unclaim(queue, task_id, ended=True)
+    redis.delete(queue)
